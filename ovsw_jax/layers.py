@@ -1,0 +1,200 @@
+"""Binary Flax linen layers: 1-bit weights and activations (SPEC section 2).
+
+The latent (float) weights of every binary layer are stored under the parameter
+name ``latent_kernel`` (`LATENT_KERNEL`), so that optimizer masks can find them
+from the parameter tree alone (see `ovsw_jax.transforms.binary_kernel_mask`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Sequence, Union
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from ovsw_jax import ops
+
+LATENT_KERNEL = "latent_kernel"
+# Both variance floors of the reference implementation.
+_EPS = 1e-5
+
+Dtype = Any
+Initializer = Callable[..., jax.Array]
+Padding = Union[str, Sequence[tuple[int, int]]]
+
+
+def kaiming_normal_fan_in() -> Initializer:
+  """He/kaiming normal init, fan_in mode, gain sqrt(2): torch's ``kaiming_normal_``.
+
+  Untruncated ("normal"), unlike ``jax.nn.initializers.he_normal``, which is
+  truncated.
+  """
+  return nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+
+
+def standardized_weight_scale(kernel: jax.Array) -> jax.Array:
+  """Per-output-channel ``mean(|standardize_c(w)|)`` (SPEC section 2).
+
+  ``standardize_c(w) = (w - mean_c) / sqrt(var_c(ddof=1) + 1e-5)``, where the
+  statistics reduce over every axis but the last (HWIO conv, (in, out) dense).
+
+  Args:
+    kernel: latent kernel with output channels on the last axis.
+
+  Returns:
+    A float32 vector of length ``kernel.shape[-1]``, without gradient.
+  """
+  w = kernel.astype(jnp.float32)
+  axes = tuple(range(w.ndim - 1))
+  mean = jnp.mean(w, axis=axes, keepdims=True)
+  var = jnp.var(w, axis=axes, keepdims=True, ddof=1)
+  standardized = (w - mean) / jnp.sqrt(var + _EPS)
+  return lax.stop_gradient(jnp.mean(jnp.abs(standardized), axis=axes))
+
+
+def normalize_per_sample(x: jax.Array, stop_gradient: bool = True) -> jax.Array:
+  """Divides each sample by its standard deviation over all non-batch axes.
+
+  ``x / sqrt(var(x[n], ddof=1) + 1e-5)``. OvSW stops the gradient through the
+  divisor (so it only rescales the activation estimator's window); ReCU does
+  not.
+  """
+  axes = tuple(range(1, x.ndim))
+  std = jnp.sqrt(
+      jnp.var(x.astype(jnp.float32), axis=axes, keepdims=True, ddof=1) + _EPS)
+  if stop_gradient:
+    std = lax.stop_gradient(std)
+  return x / std.astype(x.dtype)
+
+
+class _BinaryMixin:
+  """What BinaryConv and BinaryDense share: estimators and the output scale."""
+
+  def _binarize_input(self, x: jax.Array, train: bool) -> jax.Array:
+    if not self.binarize_activations:
+      return x
+    # In eval the normalisation is skipped: sign ignores a positive scale, so
+    # the forward is identical and only the (unused) gradient would differ.
+    if train and self.normalize_activations:
+      x = normalize_per_sample(x)
+    return ops.get_estimator(self.activation_estimator)(x)
+
+  def _scale(self, kernel: jax.Array) -> jax.Array:
+    if self.learnable_scale:
+      axes = tuple(range(kernel.ndim - 1))
+      return self.param(
+          "scale",
+          lambda _: jnp.mean(jnp.abs(kernel), axis=axes).astype(
+              self.param_dtype))
+    return standardized_weight_scale(kernel)
+
+
+class BinaryConv(_BinaryMixin, nn.Module):
+  """2-D convolution with binary weights and activations (OvSW's "xnor" conv).
+
+  Forward, for NHWC input ``a`` and HWIO latent kernel ``w``::
+
+      a_b = approx_sign(a / stop_grad(std_n(a)))  # train; eval: approx_sign(a)
+      w_b = sign_ste(w)
+      out = conv(a_b, w_b) * s_c                  # s_c per output channel
+
+  with ``s_c = mean(|standardize_c(w)|)`` (no gradient), or a learnable
+  per-channel ``scale`` initialised to ``mean(|w_c|)``. No bias, zero padding.
+
+  Attributes:
+    features: number of output channels.
+    kernel_size: spatial size of the kernel.
+    strides: spatial strides.
+    padding: explicit ``((lo, hi), (lo, hi))`` or a lax padding string. None
+      pads ``k // 2`` on each side, as torch's ``padding=k // 2`` does (XLA's
+      "SAME" pads asymmetrically at stride 2, which would not match).
+    activation_estimator: name in `ops.ESTIMATORS` or a callable.
+    weight_estimator: name in `ops.ESTIMATORS` or a callable.
+    binarize_activations: False gives a 1-bit-weight, float-activation layer.
+    normalize_activations: per-sample normalisation before the activation
+      estimator in training (SPEC section 2).
+    learnable_scale: a learnable per-channel scale instead of ``s_c``.
+    dtype: compute dtype of the convolution (None: the input's). +-1 operands
+      are exact in bfloat16.
+    param_dtype: dtype of the latent kernel.
+    kernel_init: latent kernel initializer (kaiming normal, fan_in).
+  """
+
+  features: int
+  kernel_size: Sequence[int] = (3, 3)
+  strides: Sequence[int] = (1, 1)
+  padding: Optional[Padding] = None
+  activation_estimator: Union[str, ops.Estimator] = "approx_sign"
+  weight_estimator: Union[str, ops.Estimator] = "sign_ste"
+  binarize_activations: bool = True
+  normalize_activations: bool = True
+  learnable_scale: bool = False
+  dtype: Optional[Dtype] = None
+  param_dtype: Dtype = jnp.float32
+  kernel_init: Initializer = kaiming_normal_fan_in()
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    if x.ndim != 4:
+      raise ValueError(
+          f"BinaryConv expects NHWC input of rank 4, got shape {x.shape}; "
+          "add a batch axis with x[None] for a single image.")
+    kernel_size = tuple(self.kernel_size)
+    kernel = self.param(LATENT_KERNEL, self.kernel_init,
+                        (*kernel_size, x.shape[-1], self.features),
+                        self.param_dtype)
+    dtype = self.dtype or x.dtype
+    a_b = self._binarize_input(x, train).astype(dtype)
+    w_b = ops.get_estimator(self.weight_estimator)(kernel).astype(dtype)
+    padding = self.padding
+    if padding is None:
+      padding = tuple((k // 2, k // 2) for k in kernel_size)
+    y = lax.conv_general_dilated(
+        a_b, w_b, window_strides=tuple(self.strides), padding=padding,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return y * self._scale(kernel).astype(y.dtype)
+
+
+class BinaryDense(_BinaryMixin, nn.Module):
+  """Dense layer with binary weights and activations; `BinaryConv`'s rules.
+
+  The latent kernel is ``(in, features)``; the scale is per output feature and
+  the activation normalisation reduces over every non-batch axis.
+
+  Attributes:
+    features: number of output features.
+    activation_estimator: name in `ops.ESTIMATORS` or a callable.
+    weight_estimator: name in `ops.ESTIMATORS` or a callable.
+    binarize_activations: False gives a 1-bit-weight, float-activation layer.
+    normalize_activations: per-sample normalisation in training.
+    learnable_scale: a learnable per-feature scale instead of ``s_c``.
+    dtype: compute dtype (None: the input's).
+    param_dtype: dtype of the latent kernel.
+    kernel_init: latent kernel initializer (kaiming normal, fan_in).
+  """
+
+  features: int
+  activation_estimator: Union[str, ops.Estimator] = "approx_sign"
+  weight_estimator: Union[str, ops.Estimator] = "sign_ste"
+  binarize_activations: bool = True
+  normalize_activations: bool = True
+  learnable_scale: bool = False
+  dtype: Optional[Dtype] = None
+  param_dtype: Dtype = jnp.float32
+  kernel_init: Initializer = kaiming_normal_fan_in()
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    if x.ndim != 2:
+      raise ValueError(
+          f"BinaryDense expects (batch, features) input of rank 2, got shape "
+          f"{x.shape}; flatten with x.reshape(x.shape[0], -1) first.")
+    kernel = self.param(LATENT_KERNEL, self.kernel_init,
+                        (x.shape[-1], self.features), self.param_dtype)
+    dtype = self.dtype or x.dtype
+    a_b = self._binarize_input(x, train).astype(dtype)
+    w_b = ops.get_estimator(self.weight_estimator)(kernel).astype(dtype)
+    y = a_b @ w_b
+    return y * self._scale(kernel).astype(y.dtype)
