@@ -1,0 +1,58 @@
+"""ovsw_jax: OvSW (ECCV 2024) binary neural networks in JAX, Flax and optax."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+README = Path(__file__).parent / "README.md"
+
+setup(
+    name="ovsw_jax",
+    version="0.1.0",
+    description=("Binary neural networks in JAX/Flax with OvSW's Adaptive "
+                 "Gradient Scaling and Silence Awareness Decaying as optax "
+                 "transforms."),
+    long_description=README.read_text() if README.exists() else "",
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["ovsw_jax", "ovsw_jax.*"]),
+    install_requires=[
+        "jax>=0.5.0",
+        "flax>=0.10.0",
+        "optax>=0.2.4",
+        "orbax-checkpoint>=0.11.0",
+        "tensorflow-datasets>=4.9.7",
+        # tfds.data_source needs these but tfds does not declare them.
+        "importlib_resources>=6.0",
+        "array_record>=0.5.0",
+        "ml-collections>=0.1.1",
+        "grain>=0.2.10",
+        "clu>=0.0.12",
+        "absl-py>=1.4",
+        "numpy>=1.26",
+        "Pillow>=10.0",
+        "tqdm>=4.60",
+        "matplotlib>=3.7",
+        # Its bundled 8x8 digits are the quickstart's offline dataset.
+        "scikit-learn>=1.3",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8.0",
+            "nbclient>=0.10",
+            "nbformat>=5.9",
+            "ipykernel>=6.25",
+        ],
+        # The CPU build that installs offline; a range would pull a CUDA build.
+        "torch": ["torch==2.13.0"],
+        "notebooks": [
+            "jupyter>=1.0",
+            "ipykernel>=6.25",
+        ],
+    },
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)
