@@ -1,0 +1,654 @@
+"""Tests of the training system: train_lib, parallel, checkpointing, train.py.
+
+Most runs use synthetic 8x8 images and a cResNet20 cut to one block per stage
+(model_options stage_sizes=(1, 1, 1)) so that compiling stays short. Runs that
+need several devices or processes happen in subprocesses, with
+``XLA_FLAGS=--xla_force_host_platform_device_count=N`` set before JAX starts.
+Subprocesses share a persistent compilation cache (per test session).
+"""
+
+import glob
+import json
+import math
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+  sys.path.insert(0, REPO)  # For `configs`, a plain directory of the repo.
+
+from configs import default  # pylint: disable=wrong-import-position
+from ovsw_jax import train_lib  # pylint: disable=wrong-import-position
+from ovsw_jax import transforms  # pylint: disable=wrong-import-position
+
+RECIPES = ("cifar10_resnet20", "cifar10_resnet18", "cifar10_vggsmall",
+           "cifar100_resnet18", "imagenet_resnet18", "imagenet_resnet34",
+           "quickstart")
+CIFAR_DIR = os.environ.get("OVSW_DATA_DIR") or os.path.join(
+    os.path.dirname(REPO), "shared", "data")
+
+# A small run: synthetic 8x8 images, cResNet20 with one block per stage.
+TINY = {
+    "model": "cresnet20_1w1a",
+    "model_options": {"stage_sizes": (1, 1, 1)},
+    "dataset": "synthetic",
+    "dataset_options": {"image_shape": (8, 8, 3), "num_train": 64,
+                        "num_eval": 20},
+    "batch_size": 8,
+    "num_train_steps": 10,
+    "warmup_epochs": 1,
+    "log_every_steps": 5,
+    "checkpoint_every_steps": 5,
+    "eval_every_epochs": 0,
+    "progress_bar": False,
+    "prefetch": 0,
+}
+
+
+def tiny_config(**overrides) -> ml_collections.ConfigDict:
+  config = default.get_config()
+  config.update({**TINY, **overrides})
+  return config
+
+
+def load_recipe(name: str) -> ml_collections.ConfigDict:
+  module = __import__(f"configs.{name}", fromlist=["get_config"])
+  return module.get_config()
+
+
+def config_flags_for(overrides) -> list[str]:
+  """--config.KEY=VALUE flags for train.py (dicts are given whole)."""
+  return [f"--config.{k}={v!r}" if isinstance(v, (dict, tuple)) else
+          f"--config.{k}={v}" for k, v in overrides.items()]
+
+
+@pytest.fixture(scope="session")
+def compile_cache(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("jax_compile_cache"))
+
+
+def subprocess_env(compile_cache, devices=1):
+  env = dict(os.environ)
+  env.update({
+      "JAX_PLATFORMS": "cpu",
+      "PYTHONPATH": REPO + os.pathsep + env.get("PYTHONPATH", ""),
+      "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+      "JAX_COMPILATION_CACHE_DIR": compile_cache,
+      "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+  })
+  return env
+
+
+def train_cmd(workdir, overrides, extra=()):
+  return [sys.executable, os.path.join(REPO, "train.py"),
+          f"--config={os.path.join(REPO, 'configs', 'quickstart.py')}",
+          f"--workdir={workdir}", *config_flags_for(overrides), *extra]
+
+
+def run_python(code, env, timeout=300):
+  """Runs a Python snippet; returns the JSON it prints on its last line."""
+  proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)],
+                        env=env, capture_output=True, text=True,
+                        timeout=timeout, cwd=REPO, check=False)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def all_leaves(state):
+  items = train_lib.checkpoint_items(state)
+  return jax.tree_util.tree_flatten_with_path(jax.device_get(items))[0]
+
+
+# ---------------------------------------------------------------------------
+# Config
+# ---------------------------------------------------------------------------
+
+
+def test_default_config_has_exactly_the_known_keys():
+  assert set(default.get_config().keys()) == train_lib.CONFIG_KEYS
+  for name in RECIPES:
+    train_lib.validate_config(load_recipe(name))
+
+
+def test_unknown_config_key_is_rejected_with_valid_names():
+  config = default.get_config()
+  config.lerning_rate = 0.1
+  with pytest.raises(ValueError, match=r"unknown config key 'lerning_rate'; "
+                     r"valid keys: .*\blearning_rate\b"):
+    train_lib.validate_config(config)
+  config = default.get_config()
+  config.method = "ovsw+agss"
+  with pytest.raises(ValueError, match=r"unknown method part 'agss'.*'ags'"):
+    train_lib.validate_config(config)
+
+
+def test_unknown_override_on_the_command_line(tmp_path, compile_cache):
+  proc = subprocess.run(
+      train_cmd(tmp_path, {"lerning_rate": 0.1}),
+      env=subprocess_env(compile_cache), capture_output=True, text=True,
+      timeout=120, check=False)
+  assert proc.returncode == 2
+  assert "unknown config key 'lerning_rate'; valid keys:" in proc.stderr
+  assert "learning_rate" in proc.stderr
+  assert "Traceback" not in proc.stderr
+
+
+# ---------------------------------------------------------------------------
+# Learning-rate schedule (SPEC section 7)
+# ---------------------------------------------------------------------------
+
+
+def reference_lr(epoch, lr=0.1, warmup=5, epochs=600):
+  """The reference's per-epoch rule, in float64."""
+  if epoch < warmup:
+    return lr * (epoch + 1) / warmup
+  return 0.5 * (1 + math.cos(math.pi * (epoch - warmup) /
+                             (epochs - warmup))) * lr + 1e-5
+
+
+def test_lr_schedule_per_epoch_matches_the_reference_formula():
+  config = load_recipe("cifar10_resnet20")
+  spe = 195  # CIFAR-10 at batch 256.
+  fn = train_lib.create_learning_rate_fn(config, spe)
+  for step in (0, 1, 194, 195, 390, 4 * spe + 7, 5 * spe - 1, 5 * spe,
+               5 * spe + 194, 100 * spe + 3, 302 * spe, 599 * spe + 194):
+    epoch = step // spe
+    np.testing.assert_allclose(float(fn(step)), reference_lr(epoch),
+                               rtol=2e-6, err_msg=f"step {step}")
+  # Constant within an epoch (a staircase).
+  assert float(fn(5 * spe)) == float(fn(5 * spe + 194))
+  # num_train_steps sets the end of the cosine: E = steps / spe.
+  config.num_train_steps = 20 * spe
+  fn = train_lib.create_learning_rate_fn(config, spe)
+  np.testing.assert_allclose(float(fn(12 * spe)), reference_lr(12, epochs=20),
+                             rtol=2e-6)
+
+
+def test_lr_schedule_per_step():
+  config = load_recipe("cifar10_resnet20")
+  config.lr_schedule_granularity = "step"
+  spe = 10
+  fn = train_lib.create_learning_rate_fn(config, spe)
+  for step in (0, 7, 49):  # warmup: lr * (s + 1) / (W * spe)
+    np.testing.assert_allclose(float(fn(step)), 0.1 * (step + 1) / 50,
+                               rtol=2e-6)
+  for step in (50, 51, 3000, 5999):
+    expected = 0.5 * (1 + math.cos(math.pi * (step - 50) / 5950)) * 0.1 + 1e-5
+    np.testing.assert_allclose(float(fn(step)), expected, rtol=2e-6)
+
+
+# ---------------------------------------------------------------------------
+# Optimizer construction
+# ---------------------------------------------------------------------------
+
+
+def _toy_params():
+  k = jax.random.split(jax.random.PRNGKey(1), 4)
+  return {
+      "conv": {"latent_kernel": jax.random.normal(k[0], (3, 3, 4, 8)) * 0.1},
+      "bn": {"scale": 1.0 + jax.random.normal(k[1], (8,)) * 0.1},
+      "fc": {"kernel": jax.random.normal(k[2], (8, 5)),
+             "bias": jnp.zeros(5)},
+  }
+
+
+def _run(tx, params, grads_seq):
+  state = tx.init(params)
+  for g in grads_seq:
+    updates, state = tx.update(g, state, params)
+    params = optax.apply_updates(params, updates)
+  return params
+
+
+def _grads(params, n=3):
+  keys = jax.random.split(jax.random.PRNGKey(7), n)
+  return [jax.tree.map(lambda x, k=k: 1e-3 * jax.random.normal(k, x.shape),
+                       params) for k in keys]
+
+
+def test_ovsw_method_is_transforms_ovsw():
+  config = default.get_config()
+  lr = train_lib.create_learning_rate_fn(tiny_config(), 8)
+  params = _toy_params()
+  grads = _grads(params)
+  ours = _run(train_lib.create_optimizer(config, lr), params, grads)
+  ref = _run(transforms.ovsw(lr, mask=transforms.binary_kernel_mask),
+             params, grads)
+  for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref)):
+    np.testing.assert_array_equal(a, b)
+  # 'ags+sad' is the same chain as 'ovsw'.
+  config.method = "ags+sad"
+  same = _run(train_lib.create_optimizer(config, lr), params, grads)
+  for a, b in zip(jax.tree.leaves(same), jax.tree.leaves(ref)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_vanilla_method_and_weight_decay_mask():
+  config = default.get_config()
+  config.method = "vanilla"
+  config.weight_decay = 1e-2
+  lr = 0.1
+  params = _toy_params()
+  (g,) = _grads(params, 1)
+  new = _run(train_lib.create_optimizer(config, lambda s: lr), params, [g])
+  # One SGD step from a zero momentum buffer: w - lr * (g + wd * w).
+  for w, gw, nw in zip(jax.tree.leaves(params), jax.tree.leaves(g),
+                       jax.tree.leaves(new)):
+    np.testing.assert_allclose(nw, w - lr * (gw + 1e-2 * w), rtol=1e-6,
+                               atol=1e-7)
+  config.weight_decay_on_1d = False
+  new = _run(train_lib.create_optimizer(config, lambda s: lr), params, [g])
+  np.testing.assert_allclose(new["bn"]["scale"],
+                             params["bn"]["scale"] - lr * g["bn"]["scale"],
+                             rtol=1e-6)
+  np.testing.assert_allclose(
+      new["fc"]["kernel"],
+      params["fc"]["kernel"] - lr * (g["fc"]["kernel"] +
+                                     1e-2 * params["fc"]["kernel"]),
+      rtol=1e-6)
+
+
+def test_ags_only_touches_binary_kernels():
+  config = default.get_config()
+  config.method = "ags"
+  config.weight_decay = 0.0
+  params = _toy_params()
+  (g,) = _grads(params, 1)
+  new = _run(train_lib.create_optimizer(config, lambda s: 1.0), params, [g])
+  # Float leaves: plain SGD (g is small, AGS would have scaled it up).
+  np.testing.assert_allclose(new["fc"]["kernel"],
+                             params["fc"]["kernel"] - g["fc"]["kernel"],
+                             rtol=1e-6)
+  # Binary kernel: each channel's step norm raised to delta * ||w_c||.
+  step = np.asarray(params["conv"]["latent_kernel"] -
+                    new["conv"]["latent_kernel"]).reshape(-1, 8)
+  w = np.asarray(params["conv"]["latent_kernel"]).reshape(-1, 8)
+  np.testing.assert_allclose(np.linalg.norm(step, axis=0),
+                             0.04 * np.linalg.norm(w, axis=0), rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------
+# Data parallelism: devices and hosts
+# ---------------------------------------------------------------------------
+
+# lr 0.01 and batch 16: at lr 0.1 with batch 8 this tiny net's gradients are
+# so large that the (legitimately) different summation order of the 4-device
+# all-reduce grows ~3x per step, past 1e-5 within 5 steps.
+EQUIV = {"learning_rate": 0.01, "batch_size": 16}
+
+
+def test_four_devices_match_one_device(compile_cache):
+  result = run_python(f"""
+      import json
+      import jax, numpy as np
+      from configs import default
+      from ovsw_jax import data, parallel, train_lib
+      config = default.get_config()
+      config.update({{**{TINY!r}, **{EQUIV!r}}})
+      exp = train_lib.create_experiment(config)
+      out = {{}}
+      for n in (1, 4):
+        mesh = parallel.create_mesh(jax.devices()[:n])
+        state = train_lib.create_train_state(exp.model, exp.tx,
+                                             exp.info.image_shape, 0, mesh)
+        step = train_lib.jit_train_step(exp.learning_rate_fn, mesh)
+        batches = data.create_train_iterator(
+            "synthetic", None, 16, 0, prefetch=0, **config.dataset_options)
+        losses = []
+        for _ in range(5):
+          state, metrics = step(state, parallel.shard_batch(next(batches),
+                                                            mesh))
+          losses.append(float(metrics["loss"]))
+        out[n] = (losses, jax.device_get(state.params),
+                  len(state.params["conv1"]["kernel"].sharding.device_set))
+      diff = max(float(np.max(np.abs(a - b))) for a, b in zip(
+          jax.tree.leaves(out[1][1]), jax.tree.leaves(out[4][1])))
+      try:
+        config.batch_size = 6
+        train_lib.train_and_evaluate(config, "/nonexistent",
+                                     mesh=parallel.create_mesh())
+        error = ""
+      except ValueError as e:
+        error = str(e)
+      print(json.dumps({{"losses1": out[1][0], "losses4": out[4][0],
+                         "devices": [out[1][2], out[4][2]],
+                         "param_diff": diff, "error": error}}))
+      """, subprocess_env(compile_cache, devices=4))
+  assert result["devices"] == [1, 4]
+  np.testing.assert_allclose(result["losses4"], result["losses1"], atol=1e-5)
+  assert result["param_diff"] < 1e-5
+  # The params did move (so the comparison means something).
+  assert len(set(result["losses1"])) == 5
+  error = result["error"]
+  assert "batch_size=6" in error and "(4)" in error and "multiple of 4" in error
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_match_one_process(tmp_path, compile_cache):
+  overrides = {**TINY, **EQUIV, "num_train_steps": 5,
+               "checkpoint_every_steps": 0}
+  port = _free_port()
+  procs = [
+      subprocess.Popen(
+          train_cmd(tmp_path / "multi", overrides,
+                    [f"--coordinator_address=127.0.0.1:{port}",
+                     "--num_processes=2", f"--process_id={i}"]),
+          env=subprocess_env(compile_cache, devices=2),
+          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+      for i in range(2)]
+  config = tiny_config(**overrides)
+  reference = train_lib.train_and_evaluate(config, str(tmp_path / "single"))
+  outputs = [p.communicate(timeout=400)[0] for p in procs]
+  for p, out in zip(procs, outputs):
+    assert p.returncode == 0, out[-4000:]
+  assert "process 1 of 2, 2 local / 4 global devices" in outputs[1]
+
+  single, _ = train_lib.load_checkpoint(config, tmp_path / "single")
+  multi, step = train_lib.load_checkpoint(config, tmp_path / "multi")
+  assert step == 5
+  for (path, a), (_, b) in zip(all_leaves(single), all_leaves(multi)):
+    if np.issubdtype(a.dtype, np.floating):
+      np.testing.assert_allclose(a, b, atol=1e-5, rtol=0, err_msg=str(path))
+    else:
+      np.testing.assert_array_equal(a, b, err_msg=str(path))
+  multi_eval = train_lib.read_metrics(tmp_path / "multi")[-1]
+  assert multi_eval["eval_count"] == reference["eval_count"] == 20
+  np.testing.assert_allclose(multi_eval["eval_loss"], reference["eval_loss"],
+                             atol=1e-4)
+
+
+# ---------------------------------------------------------------------------
+# Checkpoints and faults
+# ---------------------------------------------------------------------------
+
+
+def _committed_steps(workdir):
+  return sorted(int(os.path.basename(p)) for p in
+                glob.glob(os.path.join(workdir, "checkpoints", "*"))
+                if os.path.basename(p).isdigit())
+
+
+def test_checkpoints_keep_the_latest_and_the_best(tmp_path):
+  from ovsw_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  manager = checkpointing.create_manager(tmp_path, keep=2)
+  tree = {"w": jnp.arange(3.0), "step": jnp.int32(0)}
+  top1 = {1: 0.5, 2: 0.9, 3: 0.2, 4: None, 5: 0.3}
+  for step, value in top1.items():
+    checkpointing.save(manager, step, {"w": tree["w"] + step,
+                                       "step": jnp.int32(step)},
+                       meta={"step": step},
+                       metrics=None if value is None else {"eval_top1": value})
+  manager.wait_until_finished()
+  assert manager.all_steps() == [2, 4, 5]  # best (0.9) + latest two
+  assert manager.best_step() == 2
+  state, meta, step = checkpointing.restore(
+      manager, checkpointing.abstract_like(tree), step=2)
+  assert step == 2 and meta == {"step": 2}
+  np.testing.assert_array_equal(state["w"], np.arange(3.0) + 2)
+  manager.close()
+
+
+def test_sigkill_and_restart_ends_bitwise_equal(tmp_path, compile_cache):
+  overrides = {**TINY, "num_train_steps": 80, "checkpoint_every_steps": 10,
+               "log_every_steps": 10}
+  env = subprocess_env(compile_cache)
+  straight = subprocess.Popen(train_cmd(tmp_path / "straight", overrides),
+                              env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+  killed_dir = tmp_path / "killed"
+  victim = subprocess.Popen(train_cmd(killed_dir, overrides), env=env,
+                            stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  while not _committed_steps(killed_dir) and victim.poll() is None:
+    assert time.time() < deadline, "no checkpoint within 300 s"
+    time.sleep(0.01)
+  victim.send_signal(signal.SIGKILL)
+  victim.wait()
+  assert victim.returncode == -signal.SIGKILL
+  steps_at_kill = _committed_steps(killed_dir)
+  assert steps_at_kill and max(steps_at_kill) < 80
+
+  resumed = subprocess.run(train_cmd(killed_dir, overrides), env=env,
+                           capture_output=True, text=True, timeout=300,
+                           check=False)
+  assert resumed.returncode == 0, resumed.stderr[-4000:]
+  match = re.search(r"Resuming from the checkpoint at step (\d+)",
+                    resumed.stderr)
+  assert match and int(match.group(1)) >= min(steps_at_kill)
+  _, err = straight.communicate(timeout=300)
+  assert straight.returncode == 0, err[-4000:]
+
+  config = tiny_config(**overrides)
+  a, step_a = train_lib.load_checkpoint(config, tmp_path / "straight")
+  b, step_b = train_lib.load_checkpoint(config, killed_dir)
+  assert step_a == step_b == 80
+  for (path, x), (_, y) in zip(all_leaves(a), all_leaves(b)):
+    np.testing.assert_array_equal(x, y, err_msg=str(path))
+  # metrics.jsonl was rewound to the checkpoint, so it reads as one run.
+  logs = [[(r["step"], r.get("train_loss")) for r in
+           train_lib.read_metrics(d)] for d in (tmp_path / "straight",
+                                                killed_dir)]
+  assert logs[0] == logs[1]
+
+
+# Reading the damaged checkpoint leaves tensorstore callbacks aimed at an
+# asyncio loop orbax has closed; Python reports them as unraisable.
+@pytest.mark.filterwarnings(
+    "ignore::pytest.PytestUnraisableExceptionWarning")
+def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, caplog):
+  config = tiny_config(num_train_steps=4, checkpoint_every_steps=2,
+                       log_every_steps=2, keep_checkpoints=3)
+  workdir = str(tmp_path)
+  train_lib.train_and_evaluate(config, workdir)
+  assert _committed_steps(workdir) == [2, 4]
+  original, _ = train_lib.load_checkpoint(config, workdir)
+  files = [p for p in glob.glob(os.path.join(workdir, "checkpoints", "4",
+                                             "state", "**", "*"),
+                                recursive=True)
+           if os.path.isfile(p) and f"{os.sep}d{os.sep}" in p]
+  assert files
+  for p in files:
+    with open(p, "r+b") as f:
+      f.truncate(3)
+
+  with caplog.at_level("WARNING"):
+    result = train_lib.train_and_evaluate(config, workdir)
+  assert re.search(r"Checkpoint at step 4 .* is unreadable .*restoring the "
+                   r"previous one \(step 2\)", caplog.text)
+  assert os.path.isdir(os.path.join(workdir, "checkpoints", "4.unreadable"))
+  assert result["step"] == 4
+  # Steps 3-4 were redone from step 2: the same params, bit for bit.
+  redone, _ = train_lib.load_checkpoint(config, workdir)
+  for (path, x), (_, y) in zip(all_leaves(original), all_leaves(redone)):
+    np.testing.assert_array_equal(x, y, err_msg=str(path))
+
+  # The metrics: one record per log step, float32 values unrounded.
+  records = train_lib.read_metrics(workdir)
+  first = records[0]
+  assert first["step"] == 2 and first["epoch"] == 0.25
+  for key in ("train_loss", "train_top1", "train_top5", "lr", "ags_ratio",
+              "silent_fraction", "images_per_sec", "flip_rate",
+              "flip_rate/layer1_0/conv1/latent_kernel",
+              "silent_fraction/layer3_0/conv2/latent_kernel",
+              "ags_ratio/layer2_0/conv1/latent_kernel"):
+    assert key in first, key
+  for key in ("train_loss", "lr", "flip_rate", "silent_fraction"):
+    assert float(np.float32(first[key])) == first[key]
+  np.testing.assert_allclose(first["lr"], 0.1, rtol=1e-6)  # warmup epoch 0
+  assert 0 < first["flip_rate"] < 1
+  assert records[-1]["eval_count"] == 20
+
+  # eval_only reads the latest checkpoint and appends its result.
+  config.eval_only = True
+  evaluated = train_lib.train_and_evaluate(config, workdir)
+  assert evaluated["step"] == 4
+  assert evaluated["eval_count"] == 20
+  assert evaluated["eval_top1"] == result["eval_top1"]
+  last = train_lib.read_metrics(workdir)[-1]
+  assert last["eval_checkpoint"] == "latest" and last["step"] == 4
+
+
+def test_non_finite_loss_stops_naming_the_step(tmp_path):
+  workdir = str(tmp_path)
+  train_lib.train_and_evaluate(
+      tiny_config(num_train_steps=2, checkpoint_every_steps=2), workdir)
+  # Resume with an absurd learning rate, saving after every finite step.
+  config = tiny_config(num_train_steps=8, checkpoint_every_steps=1,
+                       log_every_steps=8, learning_rate=1e30)
+  with pytest.raises(FloatingPointError) as info:
+    train_lib.train_and_evaluate(config, workdir)
+  message = str(info.value)
+  match = re.search(r"at step (\d+)", message)
+  assert match, message
+  bad_step = int(match.group(1))
+  kept = _committed_steps(workdir)
+  assert kept and max(kept) < bad_step <= 8
+  assert f"last good checkpoint (step {max(kept)})" in message or (
+      "non-finite parameters" in message)
+  # Every checkpoint left is finite.
+  for step in kept:
+    state, _ = train_lib.load_checkpoint(config, workdir, which=step)
+    for path, x in all_leaves(state):
+      if np.issubdtype(x.dtype, np.floating):
+        assert np.all(np.isfinite(x)), (step, path)
+  # The losses up to the reported step: finite before it, not at it.
+  records = [r for r in train_lib.read_metrics(workdir) if "train_loss" in r]
+  assert all(np.isfinite(r["train_loss"]) for r in records)
+
+
+def test_missing_data_exits_with_the_message(tmp_path, compile_cache):
+  proc = subprocess.run(
+      train_cmd(tmp_path / "w", {"dataset": "cifar10",
+                                 "data_dir": str(tmp_path / "nothing"),
+                                 "dataset_options": {"download": False}}),
+      env=subprocess_env(compile_cache), capture_output=True, text=True,
+      timeout=120, check=False)
+  assert proc.returncode == 1
+  assert "error:" in proc.stderr and "nothing" in proc.stderr
+  assert "cifar-10" in proc.stderr.lower()
+  assert "Traceback" not in proc.stderr
+
+
+# ---------------------------------------------------------------------------
+# Recipes and real data
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def recipe_runs(compile_cache):
+  """Each recipe, on synthetic data, built and stepped twice (one subprocess).
+
+  XLA's backend optimisations are off there: they double the compile time of
+  these full-size models and the checks below do not depend on them.
+  """
+  env = subprocess_env(compile_cache)
+  env["XLA_FLAGS"] += (" --xla_backend_optimization_level=0"
+                       " --xla_llvm_disable_expensive_passes=true")
+  return run_python(f"""
+      import json
+      import jax, jax.numpy as jnp, numpy as np
+      from ovsw_jax import data, parallel, train_lib
+      out = {{}}
+      for name in {RECIPES!r}:
+        config = __import__("configs." + name,
+                            fromlist=["get_config"]).get_config()
+        num_classes = {{"cifar100": 100, "imagenet2012": 1000}}.get(
+            config.dataset, 10)
+        shape = (32, 32, 1 if config.dataset == "digits" else 3)
+        config.dataset = "synthetic"
+        config.dataset_options = {{"image_shape": shape, "num_train": 8,
+                                   "num_classes": num_classes,
+                                   "num_eval": 2}}
+        config.batch_size = 2
+        # The ImageNet recipes run in bfloat16, as they would on accelerators.
+        config.half_precision = name.startswith("imagenet")
+        exp = train_lib.create_experiment(config)
+        mesh = parallel.create_mesh(jax.devices()[:1])
+        state = train_lib.create_train_state(exp.model, exp.tx, shape, 0,
+                                             mesh)
+        initial = jax.device_get(state.params)
+        step = train_lib.jit_train_step(exp.learning_rate_fn, mesh)
+        batches = data.create_train_iterator(
+            "synthetic", None, 2, 0, prefetch=0, **config.dataset_options)
+        for _ in range(2):
+          state, metrics = step(state, parallel.shard_batch(next(batches),
+                                                            mesh))
+        logits = jax.eval_shape(
+            lambda s: exp.model.apply(
+                {{"params": s.params, "batch_stats": s.batch_stats}},
+                jnp.zeros((1, *shape)), train=False), state)
+        out[name] = {{
+            "step": int(state.step),
+            "metrics": {{k: float(v) for k, v in metrics.items()}},
+            "logits_shape": list(logits.shape),
+            "num_classes": num_classes,
+            "moved": all(not np.array_equal(a, b) for a, b in zip(
+                jax.tree.leaves(initial),
+                jax.tree.leaves(jax.device_get(state.params)))),
+            "expected_lr": config.learning_rate / config.warmup_epochs,
+            "compute_dtype": jnp.dtype(exp.model.dtype).name,
+            "state_dtypes": sorted({{x.dtype.name for x in jax.tree.leaves(
+                (state.params, state.batch_stats, state.opt_state))}}),
+            "loss_dtype": metrics["loss"].dtype.name,
+        }}
+      print(json.dumps(out))
+      """, env, timeout=900)
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_recipe_builds_and_takes_two_steps(recipe_runs, name):
+  run = recipe_runs[name]
+  assert run["step"] == 2
+  # Both steps are in the first warmup epoch: lr * 1 / W.
+  np.testing.assert_allclose(run["metrics"]["lr"], run["expected_lr"],
+                             rtol=1e-6)
+  assert np.isfinite(run["metrics"]["loss"])
+  assert 0.0 <= run["metrics"]["silent_fraction"] <= 1.0
+  assert run["metrics"]["ags_ratio"] > 0.0
+  assert run["logits_shape"] == [1, run["num_classes"]]
+  assert run["moved"]  # Every parameter changed.
+  # bfloat16 compute leaves params, optimizer state and the loss float32.
+  assert run["compute_dtype"] == ("bfloat16" if name.startswith("imagenet")
+                                  else "float32")
+  assert set(run["state_dtypes"]) <= {"float32", "bool", "int32"}
+  assert run["loss_dtype"] == "float32"
+
+
+def test_real_cifar10_learns_and_counts_10000_test_images(tmp_path):
+  if not os.path.isdir(os.path.join(CIFAR_DIR, "cifar-10-batches-bin")):
+    pytest.skip(f"CIFAR-10 binaries not found under {CIFAR_DIR} (set "
+                "OVSW_DATA_DIR to the folder holding cifar-10-batches-bin)")
+  # 150 steps of 64 (a fifth of an epoch, about a minute): no augmentation,
+  # lr 0.2 decayed per step by the cosine. This reached 29% test top-1 here
+  # (it takes some 100 more steps with the recipe's constant first-epoch lr).
+  config = default.get_config()
+  config.update({
+      "dataset": "cifar10", "data_dir": CIFAR_DIR,
+      "dataset_options": {"download": False, "augment": False},
+      "batch_size": 64, "eval_batch_size": 1000, "num_train_steps": 150,
+      "warmup_epochs": 0, "learning_rate": 0.2,
+      "lr_schedule_granularity": "step", "log_every_steps": 50,
+      "checkpoint_every_steps": 0, "eval_every_epochs": 0,
+      "flip_stats_every_steps": 0, "progress_bar": False})
+  result = train_lib.train_and_evaluate(config, str(tmp_path))
+  assert result["eval_count"] == 10_000
+  assert result["eval_top1"] > 0.2, result  # Chance: 0.1 (+-0.003).
