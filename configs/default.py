@@ -54,7 +54,11 @@ def get_config() -> ml_collections.ConfigDict:
   # --- Method / optimizer ----------------------------------------------------
   # '+'-joined parts applied to the gradient, in order, before weight decay
   # and SGD: 'vanilla' (none), 'ags', 'sad', 'ovsw' (= 'ags+sad', the
-  # reference's order). AGS and SAD act on the binary latent kernels only.
+  # reference's order), 'lars' (LARS's layer-wise trust ratio in AGS's
+  # place). AGS, SAD and LARS act on the binary latent kernels only. Peers:
+  # 'bop' (Bop flips binary kernels; wd + SGD on the float params) and
+  # 'recu' (ReCU binary convs, tau set per epoch). Combine freely, e.g.
+  # 'recu+ovsw', 'recu+ags', 'recu+sad', 'lars+sad'.
   config.method = "ovsw"
   config.momentum = 0.9           # SGD momentum (no Nesterov)
   config.weight_decay = 5e-4
@@ -65,6 +69,19 @@ def get_config() -> ml_collections.ConfigDict:
   config.dampen_weight = 9e-4     # SAD: extra decay (lambda) of silent weights
   config.track_momentum = 0.999   # SAD: flip-tracker momentum m
   config.track_threshold = 1e-4   # SAD: silent if tracker < tau
+  # 'lars': each binary kernel's gradient is rescaled to this times its
+  # weight norm (||g|| = c * ||w||, per layer). 0.04 matches AGS's CIFAR delta
+  # (a floor on the same ratio, per channel).
+  config.lars_trust_coefficient = 0.04
+  # 'bop' (Helwegen et al. 2019; larq's defaults): flip a binary weight when
+  # its gradient EMA m exceeds bop_threshold in magnitude and agrees in sign
+  # with it; m <- (1 - bop_gamma) m + bop_gamma g.
+  config.bop_threshold = 1e-8
+  config.bop_gamma = 1e-4
+  # 'recu' (Xu et al. 2021): the clamp quantile tau goes from recu_tau_min at
+  # epoch 0 to recu_tau_max at the last epoch, A*exp(e/E) + B, set per epoch.
+  config.recu_tau_min = 0.85
+  config.recu_tau_max = 0.99
 
   # --- Schedule --------------------------------------------------------------
   config.learning_rate = 0.1      # peak learning rate

@@ -5,11 +5,13 @@ The pieces, in the order `train_and_evaluate` uses them:
 * `validate_config`: rejects unknown or missing config keys and bad values.
 * `create_learning_rate_fn`: the reference's warmup + cosine schedule, set
   per epoch (default) or per step.
-* `create_optimizer`: the method ('vanilla', 'ags', 'sad', 'ovsw', or
-  '+'-joined parts) as one optax chain, from a small registry of parts
+* `create_optimizer`, `create_model`: the method ('vanilla', 'ags', 'sad',
+  'ovsw', 'lars', 'bop', 'recu', or '+'-joined parts such as 'recu+ovsw') as
+  one optax chain and a model, from a small registry of parts
   (`register_method`).
-* `TrainState`, `create_train_state`: params, batch_stats, optimizer state,
-  step and RNG key, replicated over the mesh.
+* `TrainState`, `create_train_state`: params, batch_stats, other model
+  variables (ReCU's tau), optimizer state, step and RNG key, replicated over
+  the mesh.
 * `train_step`, `eval_step`: jitted over a 1-D data-parallel mesh (see
   `ovsw_jax.parallel` for why jit with NamedShardings and not pmap).
 * `train_and_evaluate`: the loop: logging (metrics.jsonl, TensorBoard, tqdm),
@@ -28,6 +30,7 @@ from typing import (Any, Callable, Iterable, Mapping, NamedTuple, Optional,
                     Sequence)
 
 from absl import logging
+from flax import struct
 from flax.training import train_state
 import jax
 import jax.numpy as jnp
@@ -36,11 +39,13 @@ import numpy as np
 import optax
 import tqdm
 
+from ovsw_jax import bop
 from ovsw_jax import checkpointing
 from ovsw_jax import data
 from ovsw_jax import diagnostics
 from ovsw_jax import models
 from ovsw_jax import parallel
+from ovsw_jax import recu
 from ovsw_jax import transforms
 
 # The config fields `train_and_evaluate` reads; configs/default.py documents
@@ -51,6 +56,8 @@ CONFIG_KEYS = frozenset({
     "prefetch", "worker_count",
     "method", "momentum", "weight_decay", "weight_decay_on_1d", "delta",
     "dampen_weight", "track_momentum", "track_threshold",
+    "lars_trust_coefficient", "bop_threshold", "bop_gamma", "recu_tau_min",
+    "recu_tau_max",
     "learning_rate", "num_epochs", "num_train_steps", "warmup_epochs",
     "lr_schedule_granularity", "cosine_lr_offset",
     "seed", "half_precision", "log_every_steps", "flip_stats_every_steps",
@@ -127,6 +134,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         "lr_schedule_granularity", "'epoch' or 'step'")
   check(config.eval_checkpoint in ("latest", "best"), "eval_checkpoint",
         "'latest' or 'best'")
+  check(config.lars_trust_coefficient > 0, "lars_trust_coefficient", "> 0")
+  check(config.bop_threshold >= 0, "bop_threshold", ">= 0")
+  check(0 < config.bop_gamma <= 1, "bop_gamma", "in (0, 1]")
+  check(0.5 < config.recu_tau_min <= 1, "recu_tau_min",
+        "in (0.5, 1] (ReCU: 0.85)")
+  check(config.recu_tau_min <= config.recu_tau_max <= 1, "recu_tau_max",
+        f"in [recu_tau_min={config.recu_tau_min}, 1] (ReCU: 0.99)")
   method_parts(config.method)  # Raises on unknown parts.
 
 
@@ -207,9 +221,33 @@ def create_learning_rate_fn(config: ml_collections.ConfigDict,
 # Optimizer: a registry of method parts
 # ----------------------------------------------------------------------------
 
-# A part builds transformations from the config and the LR schedule.
+# A 'gradient' or 'optimizer' part builds transformations from the config
+# and the LR schedule.
 PartBuilder = Callable[[ml_collections.ConfigDict, optax.Schedule],
                        Sequence[optax.GradientTransformation]]
+
+# (model_state, epoch, num_epochs) -> (model_state, metrics); see ModelChange.
+ModelStateUpdate = Callable[[dict[str, Any], jax.Array, float],
+                            tuple[dict[str, Any], dict[str, jax.Array]]]
+
+
+class ModelChange(NamedTuple):
+  """What a 'model' part (e.g. 'recu') changes in the network.
+
+  Attributes:
+    options: keyword arguments for `ovsw_jax.models.get_model`, e.g.
+      ``{'conv': ReCUConv}``; a key also set in ``config.model_options`` is
+      an error.
+    update: None, or ``update(model_state, epoch, num_epochs) ->
+      (model_state, metrics)``. ``model_state`` maps the model's variable
+      collections other than params and batch_stats (e.g. ReCU's 'recu') to
+      their trees; the train step calls ``update`` before the forward pass
+      with the 0-based epoch of the step (an int32 array, so the values change
+      once per epoch without recompiling) and the run's length in epochs. The
+      scalar ``metrics`` join the step's metrics.
+  """
+  options: Mapping[str, Any]
+  update: Optional[ModelStateUpdate] = None
 
 
 class MethodPart(NamedTuple):
@@ -217,14 +255,17 @@ class MethodPart(NamedTuple):
 
   Attributes:
     stage: 'gradient': transformations applied, in the method's order, to the
-      gradient before weight decay (AGS, SAD, ...); 'optimizer': replaces the
-      default weight decay + SGD momentum (LARS, Bop, ...; at most one per
-      method); 'alias': expands to other parts (``build`` is unused).
-    build: the builder (see `PartBuilder`).
+      gradient before weight decay (AGS, SAD, LARS's trust ratio, ...);
+      'optimizer': replaces the default weight decay + SGD momentum (Bop,
+      ...; at most one per method); 'model': changes the network and its
+      non-trainable state (ReCU; ``build(config) -> ModelChange``); 'alias':
+      expands to other parts (``build`` is unused).
+    build: the builder (`PartBuilder`, or for 'model' parts a function of the
+      config returning a `ModelChange`).
     expands_to: for aliases, the parts it stands for.
   """
   stage: str
-  build: Optional[PartBuilder] = None
+  build: Optional[Callable[..., Any]] = None
   expands_to: tuple[str, ...] = ()
 
 
@@ -232,21 +273,22 @@ _METHOD_PARTS: dict[str, MethodPart] = {}
 
 
 def register_method(name: str, stage: str,
-                    build: Optional[PartBuilder] = None,
+                    build: Optional[Callable[..., Any]] = None,
                     expands_to: Sequence[str] = ()) -> None:
   """Registers a method part usable in ``config.method`` ('a+b+...').
 
   Args:
     name: the part's name (no '+').
-    stage: 'gradient', 'optimizer' or 'alias' (see `MethodPart`).
-    build: for 'gradient' and 'optimizer' parts.
+    stage: 'gradient', 'optimizer', 'model' or 'alias' (see `MethodPart`).
+    build: for 'gradient' and 'optimizer' parts a `PartBuilder`; for 'model'
+      parts ``build(config) -> ModelChange``.
     expands_to: for 'alias' parts, the parts it stands for, in order.
   """
   if "+" in name or not name:
     raise ValueError(f"method part name {name!r} must be non-empty without '+'")
-  if stage not in ("gradient", "optimizer", "alias"):
-    raise ValueError(f"stage={stage!r}: expected 'gradient', 'optimizer' or "
-                     "'alias'")
+  if stage not in ("gradient", "optimizer", "model", "alias"):
+    raise ValueError(f"stage={stage!r}: expected 'gradient', 'optimizer', "
+                     "'model' or 'alias'")
   if (stage == "alias") != (build is None):
     raise ValueError("aliases take expands_to and no build; other parts a "
                      "build function")
@@ -321,12 +363,63 @@ def _sad(config, learning_rate_fn):
       transforms.binary_kernel_mask)]
 
 
+def _lars(config, learning_rate_fn):
+  """LARS's layer-wise trust ratio on binary kernels, where AGS would sit.
+
+  ``g <- lars_trust_coefficient * ||w|| / ||g|| * g`` per binary kernel (the
+  whole layer; a zero norm leaves g unchanged), before weight decay and SGD
+  momentum, so the scaled gradient accumulates in the momentum as AGS's does.
+  Unlike AGS (a per-channel floor on ``||g|| / ||w||``), the ratio is set, up
+  or down, whatever the gradient's magnitude (OvSW paper, appendix D).
+  """
+  del learning_rate_fn
+  return [optax.masked(
+      optax.scale_by_trust_ratio(
+          trust_coefficient=config.lars_trust_coefficient),
+      transforms.binary_kernel_mask)]
+
+
+def _binary_or_float(params: Any) -> Any:
+  """`optax.partition` labels: 'binary' on binary latent kernels."""
+  return jax.tree.map(lambda b: "binary" if b else "float",
+                      transforms.binary_kernel_mask(params))
+
+
+def _bop(config, learning_rate_fn):
+  """Bop on the binary kernels; weight decay + SGD momentum on the rest.
+
+  The float params keep the recipe's optimizer (not the Bop paper's Adam),
+  so that 'bop' differs from 'vanilla' only in how binary weights move. Bop
+  flips signs and never changes ``|w|``; it gets no weight decay.
+  """
+  return [optax.partition(
+      {"binary": bop.bop(config.bop_threshold, config.bop_gamma),
+       "float": optax.chain(*_sgd(config, learning_rate_fn))},
+      _binary_or_float)]
+
+
+def _recu(config):
+  """ReCU convs (`ovsw_jax.recu.ReCUConv`) with tau set once per epoch."""
+
+  def update(model_state, epoch, num_epochs):
+    tau = recu.recu_tau(epoch, num_epochs, config.recu_tau_min,
+                        config.recu_tau_max)
+    taus = recu.set_tau(model_state[recu.TAU_COLLECTION], tau)
+    return {**model_state, recu.TAU_COLLECTION: taus}, {"recu_tau": tau}
+
+  conv = functools.partial(recu.ReCUConv, tau_init=config.recu_tau_min)
+  return ModelChange(options={"conv": conv}, update=update)
+
+
 register_method("vanilla", "alias", expands_to=())
 register_method("sgd", "optimizer", _sgd)
 register_method("ags", "gradient", _ags)
 register_method("sad", "gradient", _sad)
 # The same chain as transforms.ovsw (AGS -> SAD -> weight decay -> SGD).
 register_method("ovsw", "alias", expands_to=("ags", "sad"))
+register_method("lars", "gradient", _lars)
+register_method("bop", "optimizer", _bop)
+register_method("recu", "model", _recu)
 
 
 def create_optimizer(config: ml_collections.ConfigDict,
@@ -335,14 +428,18 @@ def create_optimizer(config: ml_collections.ConfigDict,
   """The method's optimizer: its gradient parts, then its optimizer part.
 
   ``config.method`` is '+'-joined registered parts. Gradient parts (AGS, SAD,
-  restricted to binary latent kernels) come first in the given order; then
-  the optimizer part, by default weight decay + SGD momentum ('sgd'). So
-  'vanilla' is wd + SGD, 'ags' is AGS + wd + SGD, 'sad' is SAD + wd + SGD and
-  'ovsw' ('ags+sad') is `ovsw_jax.transforms.ovsw`.
+  LARS's trust ratio, restricted to binary latent kernels) come first in the
+  given order; then the optimizer part, by default weight decay + SGD
+  momentum ('sgd'). So 'vanilla' is wd + SGD, 'ags' is AGS + wd + SGD, 'sad'
+  is SAD + wd + SGD, 'ovsw' ('ags+sad') is `ovsw_jax.transforms.ovsw`,
+  'lars+sad' is trust ratio + SAD + wd + SGD and 'bop' is Bop on binary
+  kernels with wd + SGD on the rest. 'model' parts ('recu') add nothing
+  here: 'recu+ovsw' has the optimizer of 'ovsw' (see `create_model`).
 
   Args:
     config: reads method, weight_decay, weight_decay_on_1d, momentum, delta,
-      dampen_weight, track_momentum, track_threshold.
+      dampen_weight, track_momentum, track_threshold, lars_trust_coefficient,
+      bop_threshold, bop_gamma.
     learning_rate_fn: the schedule.
 
   Returns:
@@ -362,52 +459,140 @@ def create_optimizer(config: ml_collections.ConfigDict,
 # ----------------------------------------------------------------------------
 
 
+# Model-state schedule of a run: (model_state, step) -> (model_state, metrics).
+ModelStateFn = Callable[[dict[str, Any], jax.Array],
+                        tuple[dict[str, Any], dict[str, jax.Array]]]
+
+
 class TrainState(train_state.TrainState):
-  """Flax's TrainState plus BatchNorm statistics and a PRNG key."""
+  """Flax's TrainState plus BatchNorm statistics, other model variables and
+  a PRNG key.
+
+  Attributes:
+    batch_stats: the ``batch_stats`` collection.
+    model_state: the model's other non-trainable collections, e.g.
+      ``{'recu': ...}`` (ReCU's tau); ``{}`` for most models. Passed to every
+      ``apply``, never mutated by it.
+    rng: the run's PRNG key.
+    model_state_fn: static; None or the method's schedule of
+      ``model_state`` (see `create_model_state_fn`), applied by `train_step`
+      before each forward pass.
+  """
   batch_stats: Any = None
+  model_state: Any = None
   rng: jax.Array = None
+  model_state_fn: Optional[ModelStateFn] = struct.field(
+      pytree_node=False, default=None)
 
 
 def checkpoint_items(state: TrainState) -> dict[str, Any]:
-  """The arrays of a state that a checkpoint holds."""
-  return {"params": state.params, "batch_stats": state.batch_stats,
-          "opt_state": state.opt_state, "step": state.step, "rng": state.rng}
+  """The arrays of a state that a checkpoint holds (``model_state`` only
+  when the model has one)."""
+  items = {"params": state.params, "batch_stats": state.batch_stats,
+           "opt_state": state.opt_state, "step": state.step, "rng": state.rng}
+  if state.model_state:
+    items["model_state"] = state.model_state
+  return items
+
+
+def model_changes(config: ml_collections.ConfigDict
+                  ) -> list[tuple[str, ModelChange]]:
+  """The method's 'model' parts as (name, `ModelChange`), in order."""
+  return [(name, _METHOD_PARTS[name].build(config))
+          for name in method_parts(config.method)
+          if _METHOD_PARTS[name].stage == "model"]
 
 
 def create_model(config: ml_collections.ConfigDict, num_classes: int):
-  """The config's model; bfloat16 compute with half_precision."""
+  """The config's model; bfloat16 compute with half_precision.
+
+  ``config.model_options`` plus the options of the method's 'model' parts
+  (e.g. 'recu': ``conv=ReCUConv``).
+
+  Raises:
+    ValueError: a part sets an option that model_options (or another part)
+      sets too.
+  """
   dtype = jnp.bfloat16 if config.half_precision else jnp.float32
-  return models.get_model(config.model, num_classes, dtype=dtype,
-                          **_as_dict(config.model_options))
+  options = _as_dict(config.model_options)
+  for name, change in model_changes(config):
+    clash = sorted(set(change.options) & set(options))
+    if clash:
+      raise ValueError(
+          f"config.method={config.method!r}: its part {name!r} sets the model "
+          f"option(s) {clash}, which config.model_options (or another part) "
+          "sets too; remove them from config.model_options")
+    options.update(change.options)
+  return models.get_model(config.model, num_classes, dtype=dtype, **options)
+
+
+def create_model_state_fn(config: ml_collections.ConfigDict,
+                          steps_per_epoch: int) -> Optional[ModelStateFn]:
+  """The method's schedule of non-trainable model variables, or None.
+
+  Chains the ``update`` of every 'model' part (see `ModelChange`). The
+  returned function maps ``(model_state, step)`` -- ``step`` the number of
+  steps already taken, as in the LR schedule -- to the model state for the
+  next step and its metrics, with ``epoch = step // steps_per_epoch`` and
+  ``num_epochs = total steps / steps_per_epoch``. Being a function of the
+  step, it makes resumed runs exact; the state is checkpointed as well.
+  """
+  updates = [c.update for _, c in model_changes(config)
+             if c.update is not None]
+  if not updates:
+    return None
+  spe = int(steps_per_epoch)
+  num_epochs = total_train_steps(config, spe) / spe
+
+  def model_state_fn(model_state, step):
+    epoch = jnp.floor_divide(step, spe)
+    metrics = {}
+    for update in updates:
+      model_state, values = update(model_state, epoch, num_epochs)
+      metrics.update(values)
+    return model_state, metrics
+
+  return model_state_fn
 
 
 def create_train_state(model, tx: optax.GradientTransformation,
                        image_shape: Sequence[int], seed: int,
-                       mesh: jax.sharding.Mesh) -> TrainState:
+                       mesh: jax.sharding.Mesh,
+                       model_state_fn: Optional[ModelStateFn] = None
+                       ) -> TrainState:
   """Initialises the model and optimizer, replicated over ``mesh``.
 
   Every host computes the same values from ``seed``. Params and optimizer
-  state are float32 whatever the model's compute dtype.
+  state are float32 whatever the model's compute dtype. ``model_state_fn``
+  (`create_model_state_fn`; the experiment's) schedules the model's
+  non-trainable variables, e.g. ReCU's tau.
   """
-  init = _init_fn(model, tx, image_shape, seed)
+  init = _init_fn(model, tx, image_shape, seed, model_state_fn)
   return jax.jit(init, out_shardings=parallel.replicated(mesh))()
 
 
-def _init_fn(model, tx, image_shape, seed):
+def _init_fn(model, tx, image_shape, seed, model_state_fn=None):
   def init():
     key = jax.random.PRNGKey(seed)
     params_key, state_key = jax.random.split(key)
     variables = model.init(params_key, jnp.zeros((1, *image_shape),
                                                  jnp.float32), train=False)
+    model_state = {k: v for k, v in variables.items()
+                   if k not in ("params", "batch_stats")}
     return TrainState.create(
         apply_fn=model.apply, params=variables["params"], tx=tx,
-        batch_stats=variables.get("batch_stats", {}), rng=state_key)
+        batch_stats=variables.get("batch_stats", {}),
+        model_state=model_state, rng=state_key,
+        model_state_fn=model_state_fn)
   return init
 
 
-def abstract_train_state(model, tx, image_shape, seed, mesh) -> TrainState:
+def abstract_train_state(model, tx, image_shape, seed, mesh,
+                         model_state_fn: Optional[ModelStateFn] = None
+                         ) -> TrainState:
   """`create_train_state`'s structure, as ShapeDtypeStructs with shardings."""
-  shapes = jax.eval_shape(_init_fn(model, tx, image_shape, seed))
+  shapes = jax.eval_shape(_init_fn(model, tx, image_shape, seed,
+                                   model_state_fn))
   sharding = parallel.replicated(mesh)
   return jax.tree.map(
       lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
@@ -432,15 +617,19 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array],
 
   Returns:
     The new state and scalar metrics: loss, top1, top5, lr (of this step),
-    and from the optimizer state ags_ratio and silent_fraction when the
-    method has them.
+    from the optimizer state ags_ratio and silent_fraction when the method
+    has them, and those of ``state.model_state_fn`` (recu_tau with 'recu').
   """
   step_key = jax.random.fold_in(state.rng, state.step)
+  model_state, model_metrics = state.model_state or {}, {}
+  if state.model_state_fn is not None:
+    model_state, model_metrics = state.model_state_fn(model_state, state.step)
 
   def loss_fn(params):
     logits, updates = state.apply_fn(
-        {"params": params, "batch_stats": state.batch_stats}, batch["image"],
-        train=True, mutable=["batch_stats"], rngs={"dropout": step_key})
+        {"params": params, "batch_stats": state.batch_stats, **model_state},
+        batch["image"], train=True, mutable=["batch_stats"],
+        rngs={"dropout": step_key})
     logits = logits.astype(jnp.float32)
     loss = optax.softmax_cross_entropy_with_integer_labels(
         logits, batch["label"]).mean()
@@ -449,11 +638,14 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array],
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(
       loss_fn, has_aux=True)(state.params)
   new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  if state.model_state_fn is not None:
+    new_state = new_state.replace(model_state=model_state)
   metrics = {
       "loss": loss,
       "top1": _topk_correct(logits, batch["label"], 1).mean(),
       "top5": _topk_correct(logits, batch["label"], 5).mean(),
       "lr": jnp.asarray(learning_rate_fn(state.step), jnp.float32),
+      **{k: jnp.asarray(v, jnp.float32) for k, v in model_metrics.items()},
   }
   # Only the scalar summaries; per-layer values are read at log time.
   for fn, key in ((transforms.ags_diagnostics, "ags_ratio"),
@@ -468,7 +660,8 @@ def eval_step(state: TrainState, batch: Mapping[str, jax.Array],
               totals: dict[str, jax.Array]) -> dict[str, jax.Array]:
   """Adds a (padded) eval batch's sums to ``totals``; padding has mask 0."""
   logits = state.apply_fn(
-      {"params": state.params, "batch_stats": state.batch_stats},
+      {"params": state.params, "batch_stats": state.batch_stats,
+       **(state.model_state or {})},
       batch["image"], train=False).astype(jnp.float32)
   mask = batch["mask"].astype(jnp.float32)
   loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
@@ -576,9 +769,9 @@ class MetricsWriter:
   One JSON object per line, always with ``step``. Training records (every
   log_every_steps and at each epoch's end) hold ``epoch``, ``train_loss``,
   ``train_top1``, ``train_top5``, ``ags_ratio`` and ``silent_fraction``
-  (means over the steps since the previous record), ``lr`` (of the last
-  step), ``images_per_sec`` (evaluation and checkpointing excluded),
-  ``ags_ratio/<param>`` and ``silent_fraction/<param>`` per binary kernel
+  (means over the steps since the previous record), ``lr`` and, with ReCU,
+  ``recu_tau`` (of the last step), ``images_per_sec`` (evaluation and
+  checkpointing excluded), ``ags_ratio/<param>`` and ``silent_fraction/<param>`` per binary kernel
   (as of the last step) and, every flip_stats_every_steps, ``flip_rate``
   and ``flip_rate/<param>``: the fraction of binary weights whose sign
   changed since the previous measurement. Evaluation adds ``eval_loss``,
@@ -738,6 +931,8 @@ class Experiment(NamedTuple):
     learning_rate_fn: the schedule.
     model: the Flax module.
     tx: the optimizer.
+    model_state_fn: the schedule of the model's non-trainable variables
+      (ReCU's tau), or None; pass it to `create_train_state`.
   """
   info: data.DatasetInfo
   steps_per_epoch: int
@@ -745,6 +940,7 @@ class Experiment(NamedTuple):
   learning_rate_fn: optax.Schedule
   model: Any
   tx: optax.GradientTransformation
+  model_state_fn: Optional[ModelStateFn] = None
 
 
 def create_experiment(config: ml_collections.ConfigDict) -> Experiment:
@@ -764,7 +960,8 @@ def create_experiment(config: ml_collections.ConfigDict) -> Experiment:
       total_steps=total_train_steps(config, steps_per_epoch),
       learning_rate_fn=learning_rate_fn,
       model=create_model(config, info.num_classes),
-      tx=create_optimizer(config, learning_rate_fn))
+      tx=create_optimizer(config, learning_rate_fn),
+      model_state_fn=create_model_state_fn(config, steps_per_epoch))
 
 
 def _checkpoint_dir(workdir: str) -> str:
@@ -813,7 +1010,7 @@ def _restore(manager, experiment, config, mesh, which):
         "eval_only=False)")
   abstract = abstract_train_state(experiment.model, experiment.tx,
                                   experiment.info.image_shape, config.seed,
-                                  mesh)
+                                  mesh, experiment.model_state_fn)
   items, _, step = checkpointing.restore(
       manager, checkpoint_items(abstract), step=step,
       set_aside_unreadable=False)
@@ -890,12 +1087,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
     abstract = abstract_train_state(experiment.model, experiment.tx,
                                     experiment.info.image_shape, config.seed,
-                                    mesh)
+                                    mesh, experiment.model_state_fn)
     restored = checkpointing.restore(manager, checkpoint_items(abstract))
     if restored is None:
       state = create_train_state(experiment.model, experiment.tx,
                                  experiment.info.image_shape, config.seed,
-                                 mesh)
+                                 mesh, experiment.model_state_fn)
       step = 0
     else:
       items, meta, step = restored
@@ -995,9 +1192,10 @@ def _train_loop(config, experiment, state, manager, p_train_step, run_eval,
         run_time += elapsed
         record = {"epoch": step / steps_per_epoch}
         for k, v in stacked.items():
-          # lr: this step's; the rest: float32 means over the window.
+          # lr, recu_tau: this step's; the rest: float32 means over the
+          # window.
           name = f"train_{k}" if k in ("loss", "top1", "top5") else k
-          record[name] = v[-1] if k == "lr" else np.float32(
+          record[name] = v[-1] if k in ("lr", "recu_tau") else np.float32(
               np.mean(v, dtype=np.float64))
         record["images_per_sec"] = window_images / max(elapsed, 1e-9)
         record.update(extra)
