@@ -323,3 +323,12 @@ def test_bn_axis_name_pools_statistics_over_mapped_axis():
   np.testing.assert_allclose(
       got_updates["batch_stats"]["layer2_0"]["bn1"]["mean"][0],
       want_updates["batch_stats"]["layer2_0"]["bn1"]["mean"], atol=1e-5)
+
+
+def test_hardtanh_gradient_is_zero_at_the_bounds_like_torch():
+  from ovsw_jax.models import blocks
+  x = jnp.array([-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0])
+  np.testing.assert_array_equal(blocks.hardtanh(x),
+                                [-1, -1, -0.5, 0, 0.5, 1, 1])
+  g = jax.grad(lambda v: blocks.hardtanh(v).sum())(x)
+  np.testing.assert_array_equal(g, [0, 0, 1, 1, 1, 0, 0])

@@ -33,8 +33,15 @@ Initializer = Callable[..., jax.Array]
 
 
 def hardtanh(x: jax.Array) -> jax.Array:
-  """``clip(x, -1, 1)``: torch's ``F.hardtanh`` with its default bounds."""
-  return jnp.clip(x, -1, 1)
+  """``clip(x, -1, 1)`` with torch's ``F.hardtanh`` gradient.
+
+  The gradient is 1 strictly inside (-1, 1) and 0 at and beyond the bounds;
+  ``jnp.clip``'s is 0.5 at exactly +-1, which occurs at init (a zero BN output
+  added to a saturated residual) and made our gradients differ from the
+  reference's.
+  """
+  one = jnp.ones((), x.dtype)
+  return jnp.where(x <= -1, -one, jnp.where(x >= 1, one, x))
 
 
 def torch_padding(kernel_size: Sequence[int]) -> tuple[tuple[int, int], ...]:
