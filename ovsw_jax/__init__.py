@@ -7,21 +7,26 @@ The public API, re-exported::
   ovsw_jax.get_model, list_models                        # the five models
   ovsw_jax.adaptive_gradient_scaling, silence_awareness_decay, ovsw,
   ovsw_jax.binary_kernel_mask, ags_diagnostics, sad_diagnostics  # optax
+  ovsw_jax.ReCUConv, recu.recu_tau, bop.bop              # peer methods
 
 Submodules not imported here (they pull in heavier dependencies): `data`
 (input pipelines), `train_lib`, `checkpointing`, `parallel`, `convert`.
 """
 
+from ovsw_jax import bop
 from ovsw_jax import diagnostics
 from ovsw_jax import layers
 from ovsw_jax import models
 from ovsw_jax import ops
+from ovsw_jax import recu
 from ovsw_jax import transforms
 from ovsw_jax.layers import BinaryConv
 from ovsw_jax.layers import BinaryDense
 from ovsw_jax.layers import LATENT_KERNEL
 from ovsw_jax.models import get_model
 from ovsw_jax.models import list_models
+from ovsw_jax.recu import ReCUConv
+
 from ovsw_jax.ops import approx_sign
 from ovsw_jax.ops import sign_ste
 from ovsw_jax.ops import ste_sign
