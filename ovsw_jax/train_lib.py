@@ -67,6 +67,9 @@ CONFIG_KEYS = frozenset({
 
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_DIR = "checkpoints"
+# The run's config as JSON, written at the start of training: what
+# `ovsw_jax.export` rebuilds the model from.
+CONFIG_FILE = "config.json"
 
 
 # ----------------------------------------------------------------------------
@@ -964,6 +967,17 @@ def create_experiment(config: ml_collections.ConfigDict) -> Experiment:
       model_state_fn=create_model_state_fn(config, steps_per_epoch))
 
 
+def write_config(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """Writes ``workdir/config.json`` (atomically); returns its path."""
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, CONFIG_FILE)
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w") as f:
+    f.write(config.to_json_best_effort(indent=1, sort_keys=True))
+  os.replace(tmp, path)
+  return path
+
+
 def _checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
 
@@ -1099,6 +1113,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       state = abstract.replace(**items)
       logging.info("Resuming from the checkpoint at step %d (data position "
                    "%d).", step, meta["data_step"])
+    if jax.process_index() == 0:
+      write_config(config, workdir)
     writer = MetricsWriter(workdir, enabled=jax.process_index() == 0,
                            keep_until_step=step)
     return _train_loop(config, experiment, state, manager, p_train_step,

@@ -37,8 +37,6 @@ from ovsw_jax import transforms  # pylint: disable=wrong-import-position
 RECIPES = ("cifar10_resnet20", "cifar10_resnet18", "cifar10_vggsmall",
            "cifar100_resnet18", "imagenet_resnet18", "imagenet_resnet34",
            "quickstart")
-CIFAR_DIR = os.environ.get("OVSW_DATA_DIR") or os.path.join(
-    os.path.dirname(REPO), "shared", "data")
 
 # A small run: synthetic 8x8 images, cResNet20 with one block per stage.
 TINY = {
@@ -633,22 +631,12 @@ def test_recipe_builds_and_takes_two_steps(recipe_runs, name):
   assert run["loss_dtype"] == "float32"
 
 
-def test_real_cifar10_learns_and_counts_10000_test_images(tmp_path):
-  if not os.path.isdir(os.path.join(CIFAR_DIR, "cifar-10-batches-bin")):
-    pytest.skip(f"CIFAR-10 binaries not found under {CIFAR_DIR} (set "
-                "OVSW_DATA_DIR to the folder holding cifar-10-batches-bin)")
-  # 150 steps of 64 (a fifth of an epoch, about a minute): no augmentation,
-  # lr 0.2 decayed per step by the cosine. This reached 29% test top-1 here
-  # (it takes some 100 more steps with the recipe's constant first-epoch lr).
-  config = default.get_config()
-  config.update({
-      "dataset": "cifar10", "data_dir": CIFAR_DIR,
-      "dataset_options": {"download": False, "augment": False},
-      "batch_size": 64, "eval_batch_size": 1000, "num_train_steps": 150,
-      "warmup_epochs": 0, "learning_rate": 0.2,
-      "lr_schedule_granularity": "step", "log_every_steps": 50,
-      "checkpoint_every_steps": 0, "eval_every_epochs": 0,
-      "flip_stats_every_steps": 0, "progress_bar": False})
-  result = train_lib.train_and_evaluate(config, str(tmp_path))
+def test_real_cifar10_learns_and_counts_10000_test_images(cifar10_run):
+  # The run itself is conftest's cifar10_run (shared with test_deploy.py).
+  config, workdir, result = cifar10_run
   assert result["eval_count"] == 10_000
   assert result["eval_top1"] > 0.2, result  # Chance: 0.1 (+-0.003).
+  # The run's config is kept beside its checkpoints (for ovsw_jax.export).
+  with open(os.path.join(workdir, train_lib.CONFIG_FILE)) as f:
+    saved = json.load(f)
+  assert saved == json.loads(config.to_json_best_effort())
