@@ -4,8 +4,8 @@
       [--threads=single,multi] [--image_size_imagenet=224] \
       [--files_dir=/tmp/deploy_files] [--out=benchmarks/results/deploy.json]
 
-The paper (section 5.5, the BOLT framework on an ARM device, NEON) saves 16.6x / 21.2x
-memory on ResNet18 / ResNet34 and runs them 3.47x / 3.42x faster than their
+The paper (section 5.5, the BOLT framework on an ARM device, NEON) saves
+16.6x / 21.2x memory on ResNet18 / ResNet34 and runs them 3.47x / 3.42x faster than their
 32-bit versions. This measures the same for `ovsw_jax.export` +
 `ovsw_jax.packed`, for every model (random weights, `random_variables`:
 sizes do not depend on the values, nor does XLA's run time).

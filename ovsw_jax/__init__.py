@@ -10,7 +10,9 @@ The public API, re-exported::
   ovsw_jax.ReCUConv, recu.recu_tau, bop.bop              # peer methods
 
 Submodules not imported here (they pull in heavier dependencies): `data`
-(input pipelines), `train_lib`, `checkpointing`, `parallel`, `convert`.
+(input pipelines), `train_lib`, `checkpointing`, `parallel`, `convert`, and
+for deployment `bitpack` (XNOR-popcount ops), `export` (trained model ->
+packed 1-bit file) and `packed` (the file format, loader and inference).
 """
 
 from ovsw_jax import bop
