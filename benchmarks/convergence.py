@@ -1,0 +1,376 @@
+"""Convergence study: vanilla, AGS, SAD and OvSW (and peers) on CIFAR-10.
+
+  python benchmarks/convergence.py --runs_dir=/tmp/ovsw_convergence \
+      --arms=vanilla,ags,sad,ovsw --seeds=0,1 --epochs=4 --batch_size=128 \
+      --out=benchmarks/results/convergence.json
+
+Every arm trains cResNet20_1w1a on the real CIFAR-10 (``--data_dir``, default
+the data module's search path) with the recipe of configs/cifar10_resnet20.py
+(SGD momentum 0.9, lr 0.1, wd 5e-4, OvSW delta 0.04 / lambda 9e-4) at one
+fixed short budget: ``--epochs`` epochs, no warmup, a per-step cosine
+schedule. Only ``method`` (the arm) and ``seed`` differ between runs; a seed
+fixes the init and the data order, so arms with the same seed see the same
+batches from the same weights.
+
+The loop is the trainer's own jitted step (`train_lib.jit_train_step`) with a
+`diagnostics.FlipRecord` updated after every step, so flip counts are exact.
+Per epoch it records test top-1/loss on all 10,000 test images, the train
+loss, and the fraction of binary weights never flipped so far, per layer; at
+the end, flip counts against |w| (the paper's figure 1) and the histogram of
+flip counts.
+
+Runs are resumable: each one checkpoints (params, optimizer state, flip
+record) at every epoch end under ``--runs_dir/<arm>_s<seed>/`` and writes
+``run.json`` when done; rerunning the command skips finished runs and resumes
+the others. ``--aggregate_only`` just gathers the finished runs into ``--out``
+(JSON) and the PNG next to it. Seeds are the outer loop, so the first seed of
+every arm finishes before the second starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+from pathlib import Path
+import platform
+import sys
+import time
+from typing import Any, Optional
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # pylint: disable=g-import-not-at-top
+import ml_collections  # pylint: disable=g-import-not-at-top
+import numpy as np  # pylint: disable=g-import-not-at-top
+
+_ROOT = Path(__file__).resolve().parents[1]
+if str(_ROOT) not in sys.path:
+  sys.path.insert(0, str(_ROOT))
+
+from configs import cifar10_resnet20  # pylint: disable=g-import-not-at-top
+from ovsw_jax import checkpointing  # pylint: disable=g-import-not-at-top
+from ovsw_jax import data  # pylint: disable=g-import-not-at-top
+from ovsw_jax import diagnostics  # pylint: disable=g-import-not-at-top
+from ovsw_jax import parallel  # pylint: disable=g-import-not-at-top
+from ovsw_jax import train_lib  # pylint: disable=g-import-not-at-top
+from ovsw_jax import transforms  # pylint: disable=g-import-not-at-top
+
+# Flip counts above this share the histogram's last bin.
+MAX_FLIP_BIN = 64
+FLIP_VS_W_BINS = 20
+# The plot leaves out |w| bins holding fewer weights than this.
+MIN_BIN_WEIGHTS = 100
+
+
+def study_config(arm: str, seed: int, epochs: int, batch_size: int,
+                 learning_rate: float, data_dir: Optional[str],
+                 dataset_options: Optional[dict[str, Any]] = None
+                 ) -> ml_collections.ConfigDict:
+  """The CIFAR-10 ResNet-20 recipe at a short budget, for one arm and seed."""
+  config = cifar10_resnet20.get_config()
+  config.method = arm
+  config.seed = seed
+  config.num_epochs = epochs
+  config.warmup_epochs = 0
+  config.lr_schedule_granularity = "step"
+  config.batch_size = batch_size
+  config.eval_batch_size = 500
+  config.learning_rate = learning_rate
+  config.data_dir = data_dir
+  if dataset_options:
+    config.dataset_options = ml_collections.ConfigDict(dataset_options)
+  config.progress_bar = False
+  return config
+
+
+def _to_json(tree: Any) -> Any:
+  if isinstance(tree, dict):
+    return {str(k): _to_json(v) for k, v in tree.items()}
+  if isinstance(tree, (list, tuple)):
+    return [_to_json(v) for v in tree]
+  if isinstance(tree, (np.ndarray, jax.Array)):
+    return _to_json(np.asarray(tree).tolist())
+  if isinstance(tree, (np.floating, float)):
+    v = float(tree)
+    return None if math.isnan(v) else v
+  if isinstance(tree, np.integer):
+    return int(tree)
+  return tree
+
+
+def flip_histogram(record: diagnostics.FlipRecord) -> dict[str, list[int]]:
+  """Per layer and overall: how many weights flipped 0, 1, ..., >=64 times."""
+  out = {}
+  counts = {k: np.asarray(c).ravel() for k, c in record.flip_count.items()}
+  for k, c in counts.items():
+    out[k] = np.bincount(np.minimum(c, MAX_FLIP_BIN),
+                         minlength=MAX_FLIP_BIN + 1).tolist()
+  out[diagnostics.OVERALL] = np.sum([out[k] for k in counts], axis=0).tolist()
+  return out
+
+
+def run_one(config: ml_collections.ConfigDict, run_dir: Path,
+            log=print) -> dict[str, Any]:
+  """Trains one arm/seed (resuming from run_dir) and returns its record."""
+  done_file = run_dir / "run.json"
+  settings = _to_json(config.to_dict())
+  settings_file = run_dir / "config.json"
+  for path in (done_file, settings_file):
+    if path.exists():
+      stored = json.loads(path.read_text())
+      stored = stored.get("config", stored) if path == done_file else stored
+      diff = sorted(k for k in set(stored) | set(settings)
+                    if stored.get(k) != settings.get(k))
+      if diff:
+        raise ValueError(
+            f"{run_dir} holds a run with other settings ({', '.join(diff)}: "
+            f"{[stored.get(k) for k in diff]} there, "
+            f"{[settings.get(k) for k in diff]} now); use another --runs_dir "
+            "or delete that run to start it again")
+  if done_file.exists():
+    return json.loads(done_file.read_text())
+  settings_file.write_text(json.dumps(settings))
+  mesh = parallel.create_mesh()
+  experiment = train_lib.create_experiment(config)
+  spe, total = experiment.steps_per_epoch, experiment.total_steps
+  p_train_step = train_lib.jit_train_step(experiment.learning_rate_fn, mesh)
+  p_eval_step = train_lib.jit_eval_step(mesh)
+  update_record = jax.jit(diagnostics.update_flip_record)
+  never_fn = jax.jit(diagnostics.never_flipped_fraction)
+  diag_fn = jax.jit(lambda s: {**transforms.sad_diagnostics(s),
+                               **transforms.ags_diagnostics(s)})
+
+  state = train_lib.create_train_state(
+      experiment.model, experiment.tx, experiment.info.image_shape,
+      config.seed, mesh, experiment.model_state_fn)
+  record = diagnostics.init_flip_record(state.params)
+  history: list[dict[str, Any]] = []
+  manager = checkpointing.create_manager(run_dir / "checkpoints", keep=1,
+                                         best_metric=None, async_save=False)
+  try:
+    items = {**train_lib.checkpoint_items(state), "flips": record._asdict()}
+    restored = checkpointing.restore(manager, checkpointing.abstract_like(items))
+    if restored is not None:
+      items, meta, _ = restored
+      record = diagnostics.FlipRecord(**items.pop("flips"))
+      state = state.replace(**items)
+      history = meta["history"]
+      log(f"  resuming {run_dir.name} at epoch {len(history)}")
+    first_step = int(jax.device_get(state.step))
+    train_iter = data.create_train_iterator(
+        config.dataset, config.data_dir, config.batch_size, config.seed,
+        start_step=first_step, prefetch=2,
+        **train_lib._as_dict(config.dataset_options))  # pylint: disable=protected-access
+    t0, losses = time.time(), []
+    close = getattr(train_iter, "close", lambda: None)
+  except BaseException:
+    manager.close()
+    raise
+  try:
+    for step in range(first_step + 1, total + 1):
+      batch = parallel.shard_batch(next(train_iter), mesh)
+      state, metrics = p_train_step(state, batch)
+      record = update_record(record, state.params)
+      losses.append(metrics["loss"])
+      if step % spe and step != total:
+        continue
+      train_seconds = time.time() - t0
+      losses = np.asarray(jax.device_get(losses), np.float64)
+      if not np.all(np.isfinite(losses)):
+        raise FloatingPointError(
+            f"{run_dir.name}: non-finite loss in the epoch ending at step "
+            f"{step}; lower --learning_rate")
+      result = train_lib.evaluate(
+          p_eval_step, state,
+          data.create_eval_iterator(
+              config.dataset, config.data_dir, config.eval_batch_size,
+              **train_lib._as_dict(config.dataset_options)),  # pylint: disable=protected-access
+          mesh)
+      entry = {
+          "epoch": step / spe, "step": step,
+          "train_loss": float(losses.mean()),
+          **result,
+          "never_flipped": _to_json(jax.device_get(never_fn(record))),
+          "optimizer_diagnostics": _to_json(
+              jax.device_get(diag_fn(state.opt_state))),
+          "train_seconds": train_seconds,
+          "images_per_sec": len(losses) * config.batch_size / train_seconds,
+      }
+      history.append(entry)
+      checkpointing.save(
+          manager, step,
+          {**train_lib.checkpoint_items(state), "flips": record._asdict()},
+          meta={"history": history})
+      log(f"  {run_dir.name} epoch {entry['epoch']:.2f}: test top-1 "
+          f"{entry['eval_top1']:.4f}, train loss {entry['train_loss']:.4f}, "
+          f"never flipped {entry['never_flipped'][diagnostics.OVERALL]:.4f}, "
+          f"{entry['images_per_sec']:.0f} img/s")
+      t0, losses = time.time(), []
+  finally:
+    close()
+    manager.wait_until_finished()
+    manager.close()
+
+  params = jax.device_get(state.params)
+  record = jax.device_get(record)
+  vs_w = diagnostics.flip_count_vs_magnitude(record, params,
+                                             num_bins=FLIP_VS_W_BINS)
+  out = {
+      "arm": config.method, "seed": config.seed,
+      "config": _to_json(config.to_dict()),
+      "history": history,
+      "final": history[-1],
+      "flip_count_vs_abs_w": _to_json(vs_w),
+      "flip_count_histogram": flip_histogram(record),
+      "mean_flip_count": {
+          k: float(np.mean(c)) for k, c in record.flip_count.items()},
+  }
+  done_file.write_text(json.dumps(out))
+  return out
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+  """Per arm: final test top-1 (mean, std, per seed), never-flipped fraction
+  and mean flip count over all binary weights."""
+  summary = {}
+  for arm in dict.fromkeys(r["arm"] for r in runs):
+    mine = [r for r in runs if r["arm"] == arm]
+    top1 = np.array([r["final"]["eval_top1"] for r in mine])
+    best = np.array([max(h["eval_top1"] for h in r["history"]) for r in mine])
+    never = np.array([r["final"]["never_flipped"][diagnostics.OVERALL]
+                      for r in mine])
+    hist = np.sum([r["flip_count_histogram"][diagnostics.OVERALL]
+                   for r in mine], axis=0)
+    counts = np.arange(len(hist))
+    summary[arm] = {
+        "seeds": [r["seed"] for r in mine],
+        "final_top1": top1.tolist(),
+        "final_top1_mean": float(top1.mean()),
+        "final_top1_std": float(top1.std(ddof=1)) if len(top1) > 1 else None,
+        "best_top1_mean": float(best.mean()),
+        "never_flipped_mean": float(never.mean()),
+        # Over seeds; counts >= MAX_FLIP_BIN are counted as MAX_FLIP_BIN.
+        "mean_flip_count_lower_bound": float((hist * counts).sum() / hist.sum()),
+        "images_per_sec_mean": float(np.mean(
+            [h["images_per_sec"] for r in mine for h in r["history"]])),
+    }
+  return summary
+
+
+def plot(runs: list[dict[str, Any]], path: Path) -> None:
+  """Test top-1 per epoch, never-flipped per layer, flips against |w|."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  arms = list(dict.fromkeys(r["arm"] for r in runs))
+  colors = {a: plt.cm.tab10(i) for i, a in enumerate(arms)}
+  fig, axes = plt.subplots(1, 3, figsize=(17, 4.6))
+  for r in runs:
+    c = colors[r["arm"]]
+    epochs = [h["epoch"] for h in r["history"]]
+    label = f"{r['arm']} (seed {r['seed']})"
+    axes[0].plot(epochs, [100 * h["eval_top1"] for h in r["history"]],
+                 marker="o", color=c, alpha=0.85, label=label,
+                 linestyle="-" if r["seed"] == runs[0]["seed"] else "--")
+    layers = [k for k in r["final"]["never_flipped"]
+              if k != diagnostics.OVERALL]
+    axes[1].plot(range(len(layers)),
+                 [100 * r["final"]["never_flipped"][k] for k in layers],
+                 ".-", color=c, alpha=0.85)
+    stats = r["flip_count_vs_abs_w"][diagnostics.OVERALL]
+    edges = np.asarray(stats["bin_edges"])
+    centers = 0.5 * (edges[1:] + edges[:-1])
+    mean = np.array([np.nan if v is None else v
+                     for v in stats["mean_flip_count"]])
+    # Bins of a few weights (the tail of large |w|) are noise: leave them out.
+    mean[np.asarray(stats["count"]) < MIN_BIN_WEIGHTS] = np.nan
+    axes[2].plot(centers, mean, ".-", color=c, alpha=0.85)
+  axes[0].set(xlabel="epoch", ylabel="CIFAR-10 test top-1 (%)",
+              title="Test top-1 (cResNet20 1W1A)")
+  axes[0].legend(fontsize=7)
+  axes[1].set(xlabel="binary layer (input to output)",
+              ylabel="never flipped (%)",
+              title="Binary weights that never flipped, at the end")
+  axes[2].set(xlabel="|w| at the end (bins of >= 100 weights)",
+              ylabel="mean flips per weight",
+              title="Flip count against latent-weight magnitude",
+              yscale="log")
+  for ax in axes:
+    ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--runs_dir", default="/tmp/ovsw_convergence",
+                      help="checkpoints and finished runs (resumable)")
+  parser.add_argument("--arms", default="vanilla,ags,sad,ovsw",
+                      help="comma-separated methods (train_lib methods)")
+  parser.add_argument("--seeds", default="0,1")
+  parser.add_argument("--epochs", type=int, default=4)
+  parser.add_argument("--batch_size", type=int, default=128)
+  parser.add_argument("--learning_rate", type=float, default=0.1)
+  parser.add_argument("--data_dir", default=None)
+  parser.add_argument("--dataset_options", default=None,
+                      help="JSON dict, e.g. for tests on 'synthetic'")
+  parser.add_argument("--dataset", default="cifar10")
+  parser.add_argument("--aggregate_only", action="store_true",
+                      help="only gather finished runs into --out")
+  parser.add_argument("--out", default=None,
+                      help="results JSON; the PNG goes next to it")
+  args = parser.parse_args(argv)
+
+  checkpointing.quiet_orbax_logs()
+  arms = [a for a in args.arms.split(",") if a]
+  seeds = [int(s) for s in args.seeds.split(",") if s]
+  options = json.loads(args.dataset_options) if args.dataset_options else None
+  runs_dir = Path(args.runs_dir)
+  runs, missing = [], []
+  start = time.time()
+  for seed in seeds:
+    for arm in arms:
+      run_dir = runs_dir / f"{arm.replace('+', '-')}_s{seed}"
+      if args.aggregate_only:
+        if (run_dir / "run.json").exists():
+          runs.append(json.loads((run_dir / "run.json").read_text()))
+        else:
+          missing.append(run_dir.name)
+        continue
+      config = study_config(arm, seed, args.epochs, args.batch_size,
+                            args.learning_rate, args.data_dir, options)
+      config.dataset = args.dataset
+      run_dir.mkdir(parents=True, exist_ok=True)
+      print(f"{run_dir.name}: {args.epochs} epochs", flush=True)
+      runs.append(run_one(config, run_dir,
+                          log=lambda m: print(m, flush=True)))
+  result = {
+      "benchmark": "convergence",
+      "command": "python benchmarks/convergence.py " + " ".join(
+          sys.argv[1:] if argv is None else argv),
+      "model": "cresnet20_1w1a", "dataset": args.dataset,
+      "epochs": args.epochs, "batch_size": args.batch_size,
+      "learning_rate": args.learning_rate,
+      "arms": arms, "seeds": seeds, "missing_runs": missing,
+      "summary": summarize(runs) if runs else {},
+      "runs": runs,
+      "wall_seconds": time.time() - start,
+      "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                  "jax": jax.__version__},
+  }
+  print(json.dumps({"summary": result["summary"],
+                    "missing_runs": missing}, indent=1))
+  if args.out and runs:
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    plot(runs, out.with_suffix(".png"))
+  return result
+
+
+if __name__ == "__main__":
+  main()
