@@ -3,18 +3,24 @@
 From a training workdir (its ``config.json`` and latest checkpoint)::
 
   python -m ovsw_jax.export --workdir=/tmp/r20 --out=/tmp/r20.npz \
-      [--checkpoint=latest|best|<step>] [--float_dtype=float16|float32] \
+      [--checkpoint=latest|best|<step>] [--float_dtype=float32|float16] \
       [--config=configs/cifar10_resnet20.py]
 
-Binary kernels keep only their signs, 32 to a word; the scale of each binary
-layer and the BatchNorm that directly follows a conv are folded into one
-per-channel affine (exact algebra; float32 rounding), and so is a BatchNorm
-that directly follows a float conv (a float32 epilogue after the conv, whose
-kernel is stored as it is). Which BatchNorm follows
-which layer is read from the model itself: the model is traced once and a
-BatchNorm whose input *is* a conv's output is folded into that conv.
+Binary kernels keep only their signs, 32 to a word, and their per-channel
+scale; BatchNorm stays as it is (float32), run by flax's own code, so the
+packed logits equal the float eval's bit for bit.
 
-Float layers are stored in ``--float_dtype``. float16 halves their bytes; the
+With ``fold_batchnorm=True`` (`export_model`), the scale of each binary layer
+and the BatchNorm that directly follows a conv are folded into one
+per-channel affine (exact algebra, but float32 rounds it differently, which
+can flip a sign downstream), and so is a BatchNorm that directly follows a
+float conv (a float32 epilogue after the conv, whose kernel is stored as it
+is). Which BatchNorm follows which layer is read from the model itself: the
+model is traced once and a BatchNorm whose input *is* a conv's output is
+folded into that conv.
+
+Float layers are stored in ``--float_dtype`` (default float32, which keeps
+the packed logits equal to the float eval's). float16 halves their bytes; the
 logits then differ from the float32 eval by the float16 rounding of those
 weights (measured in benchmarks/deploy.py and the tests).
 """
@@ -49,10 +55,15 @@ def _binary_signs_and_scale(module: nn.Module, params: Mapping[str, Any]
   if isinstance(module, recu.ReCUConv):
     # Clamping keeps signs, so the eval forward binarizes the standardised
     # kernel (recu_weight with tau=None) and scales by alpha.
-    w = recu.recu_weight(kernel, None)
+    # Jitted, like the eval forward that computes it: a different rounding
+    # could move a weight equal to its channel mean across 0.
+    w = jax.jit(recu.recu_weight, static_argnums=1)(kernel, None)
     scale = params["alpha"]
   else:
     w = kernel
+    # Computed by XLA as the jitted eval computes it, to the last bit
+    # (op-by-op execution rounds differently), so that the packed logits equal
+    # the eval's: in a BNN a last-bit change can flip a later sign.
     scale = (params["scale"] if module.learnable_scale
              else jax.jit(layers.standardized_weight_scale)(kernel))
   signs = np.where(np.asarray(w) < 0, -1.0, 1.0).astype(np.float32)
@@ -321,7 +332,7 @@ def _json_options(options: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def export_checkpoint(workdir: str, out: str, *, checkpoint: str = "latest",
-                      float_dtype: str = "float16",
+                      float_dtype: str = "float32",
                       config: Optional[Any] = None) -> dict[str, Any]:
   """Exports a training workdir's checkpoint to a packed file.
 
@@ -329,7 +340,7 @@ def export_checkpoint(workdir: str, out: str, *, checkpoint: str = "latest",
     workdir: the training run's workdir (holds config.json and checkpoints/).
     out: the packed file to write.
     checkpoint: 'latest', 'best' or a step number.
-    float_dtype: 'float16' or 'float32' for the float layers.
+    float_dtype: 'float32' or 'float16' for the float layers.
     config: the run's config; default: ``workdir/config.json`` (written by
       the trainer).
 
@@ -406,7 +417,7 @@ def _define_flags() -> None:
   flags.DEFINE_string("out", None, "The packed file to write.")
   flags.DEFINE_string("checkpoint", "latest",
                       "'latest', 'best' or a step number.")
-  flags.DEFINE_enum("float_dtype", "float16", list(FLOAT_DTYPES),
+  flags.DEFINE_enum("float_dtype", "float32", list(FLOAT_DTYPES),
                     "Storage dtype of the float layers.")
   config_flags.DEFINE_config_file(
       "config", None, "The run's config (default: workdir/config.json), "

@@ -5,14 +5,18 @@ A packed file (written by `ovsw_jax.export`) is one ``.npz`` archive holding
 * ``__header__``: JSON -- format version, the model's name and options,
   ``num_classes``, ``image_shape``, the float dtype, and a table of layers;
 * per binary conv/dense: the signs of its weights packed 32 to a ``uint32``
-  word (`ovsw_jax.bitpack`), and a per-channel float32 epilogue ``mul``,
-  ``add``: the layer's scale, with the BatchNorm that directly follows it
-  folded in (``BN(s * y) = (s * g / sqrt(v + eps)) * y + (b - m g / sqrt(v +
-  eps))``, the same algebra as BN's eval formula);
-* float layers (stem conv, downsample convs, head) in float16 or float32;
-  a float conv directly followed by BatchNorm gets that BN as a float32
-  per-channel epilogue ``mul``, ``add``;
-* every other BatchNorm as a float32 affine ``mul``, ``add``.
+  word (`ovsw_jax.bitpack`), the +-1 weights summed per tap (for the exact
+  zero-padding correction) and a per-channel float32 ``mul``: the layer's
+  scale;
+* ``variables/...``: the Flax variables of everything else: float layers
+  (stem conv, downsample convs, head) in float32 or float16, BatchNorm
+  params and statistics in float32.
+
+Exported with ``fold_batchnorm=True``, a binary layer also has an ``add``, its
+``mul``/``add`` being the scale with the BatchNorm that directly follows it
+folded in (``BN(s * y) = (s g / sqrt(v + eps)) y + (b - m g / sqrt(v +
+eps))``); a float conv directly followed by BatchNorm gets that BN as a
+float32 epilogue ``mul``, ``add``; every other BatchNorm becomes an affine.
 
 Inference runs the model's own Flax definition (`ovsw_jax.models`) with its
 binary convolutions and BatchNorms intercepted (`flax.linen.intercept_methods`):
