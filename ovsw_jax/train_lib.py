@@ -60,7 +60,8 @@ CONFIG_KEYS = frozenset({
     "recu_tau_max",
     "learning_rate", "num_epochs", "num_train_steps", "warmup_epochs",
     "lr_schedule_granularity", "cosine_lr_offset",
-    "seed", "half_precision", "log_every_steps", "flip_stats_every_steps",
+    "seed", "half_precision", "cpu_fast_path", "log_every_steps",
+    "flip_stats_every_steps",
     "checkpoint_every_steps", "keep_checkpoints", "async_checkpointing",
     "eval_every_epochs", "eval_only", "eval_checkpoint", "progress_bar",
 })
@@ -677,11 +678,17 @@ def eval_step(state: TrainState, batch: Mapping[str, jax.Array],
   return jax.tree.map(jnp.add, totals, sums)
 
 
-def jit_train_step(learning_rate_fn: optax.Schedule, mesh: jax.sharding.Mesh
+def jit_train_step(learning_rate_fn: optax.Schedule, mesh: jax.sharding.Mesh,
+                   cpu_fast_path: bool = True
                    ) -> Callable[[TrainState, Mapping[str, jax.Array]],
                                  tuple[TrainState, dict[str, jax.Array]]]:
   """`train_step` jitted over ``mesh``: batch split along 'data', state
-  replicated (and donated: the old state's buffers are reused)."""
+  replicated (and donated: the old state's buffers are reused).
+
+  On a CPU mesh, ``cpu_fast_path`` compiles with
+  `parallel.CPU_COMPILER_OPTIONS` (see `parallel.compiler_options`); other
+  backends always use XLA's defaults.
+  """
   # jit with NamedShardings, not pmap (in maintenance mode): the step sees
   # the global batch and XLA inserts the all-reduces, so BatchNorm statistics
   # and the gradient AGS/SAD see are global-batch means with no axis_name in
@@ -691,18 +698,20 @@ def jit_train_step(learning_rate_fn: optax.Schedule, mesh: jax.sharding.Mesh
       functools.partial(train_step, learning_rate_fn=learning_rate_fn),
       in_shardings=(replicated, parallel.data_sharding(mesh)),
       out_shardings=(replicated, replicated),
-      donate_argnums=(0,))
+      donate_argnums=(0,),
+      compiler_options=parallel.compiler_options(mesh, cpu_fast_path))
 
 
-def jit_eval_step(mesh: jax.sharding.Mesh
+def jit_eval_step(mesh: jax.sharding.Mesh, cpu_fast_path: bool = True
                   ) -> Callable[..., dict[str, jax.Array]]:
   """`eval_step` jitted over ``mesh`` (batch split, state and totals
-  replicated)."""
+  replicated); ``cpu_fast_path`` as in `jit_train_step`."""
   replicated = parallel.replicated(mesh)
   return jax.jit(
       eval_step,
       in_shardings=(replicated, parallel.data_sharding(mesh), replicated),
-      out_shardings=replicated)
+      out_shardings=replicated,
+      compiler_options=parallel.compiler_options(mesh, cpu_fast_path))
 
 
 def _zero_eval_totals() -> dict[str, jax.Array]:
@@ -1069,8 +1078,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                             else "batch_size")
   experiment = create_experiment(config)
 
-  p_train_step = jit_train_step(experiment.learning_rate_fn, mesh)
-  p_eval_step = jit_eval_step(mesh)
+  p_train_step = jit_train_step(experiment.learning_rate_fn, mesh,
+                                config.cpu_fast_path)
+  p_eval_step = jit_eval_step(mesh, config.cpu_fast_path)
 
   def eval_batches():
     return data.create_eval_iterator(

@@ -1,0 +1,129 @@
+"""The CPU fast path (`parallel.CPU_COMPILER_OPTIONS`) against XLA's defaults.
+
+The fast path only changes how XLA:CPU compiles the same step (which library
+runs the convolutions and reductions), so both must train alike: the binary
+convolutions' forward is exact either way (+-1 operands), and what differs is
+the summation order of float sums (BatchNorm statistics, gradients).
+"""
+
+import types
+
+import jax
+import numpy as np
+import pytest
+
+from configs import default
+from ovsw_jax import data, parallel, train_lib
+
+SMALL = {
+    "model": "cresnet20_1w1a",
+    "model_options": {"stage_sizes": (1, 1, 1)},
+    "dataset": "synthetic",
+    "dataset_options": {"image_shape": (16, 16, 3), "num_train": 64,
+                        "num_eval": 16},
+    "batch_size": 16,
+    "learning_rate": 0.01,
+    "progress_bar": False,
+}
+
+
+def _config(**overrides):
+  config = default.get_config()
+  config.update({**SMALL, **overrides})
+  return config
+
+
+def _fake_mesh(platform):
+  device = types.SimpleNamespace(platform=platform)
+  return types.SimpleNamespace(devices=np.array([device], dtype=object))
+
+
+def test_options_are_chosen_per_backend():
+  mesh = parallel.create_mesh()
+  assert mesh.devices.flat[0].platform == "cpu"
+  assert parallel.compiler_options(mesh) == parallel.CPU_COMPILER_OPTIONS
+  # A copy: callers cannot change the module's options by accident.
+  assert parallel.compiler_options(mesh) is not parallel.CPU_COMPILER_OPTIONS
+  assert parallel.compiler_options(mesh, cpu_fast_path=False) is None
+  for platform in ("gpu", "cuda", "rocm", "tpu"):
+    assert parallel.compiler_options(_fake_mesh(platform)) is None
+
+
+def test_rejected_options_fall_back_to_defaults(monkeypatch, caplog):
+  # A jaxlib that renamed the experimental option must not break training.
+  monkeypatch.setattr(parallel, "CPU_COMPILER_OPTIONS",
+                      {"xla_cpu_no_such_option_exists": "1"})
+  parallel._cpu_options_supported.cache_clear()
+  try:
+    assert parallel.compiler_options(parallel.create_mesh()) is None
+  finally:
+    parallel._cpu_options_supported.cache_clear()
+  assert "xla_cpu_no_such_option_exists" in caplog.text
+
+
+def _run_steps(cpu_fast_path, steps=3):
+  config = _config(cpu_fast_path=cpu_fast_path)
+  exp = train_lib.create_experiment(config)
+  mesh = parallel.create_mesh()
+  state = train_lib.create_train_state(exp.model, exp.tx,
+                                       exp.info.image_shape, 0, mesh)
+  step = train_lib.jit_train_step(exp.learning_rate_fn, mesh, cpu_fast_path)
+  batches = data.create_train_iterator("synthetic", None, config.batch_size,
+                                       0, prefetch=0,
+                                       **config.dataset_options)
+  first = parallel.shard_batch(next(batches), mesh)
+  hlo = step.lower(state, first).compile().as_text()
+  # Eval-mode logits of the initial model on the first batch (binary
+  # convolutions only see +-1, so their outputs are integers times a scale).
+  logits0 = exp.model.apply(
+      {"params": state.params, "batch_stats": state.batch_stats},
+      first["image"], train=False)
+  logits_fn = jax.jit(
+      lambda s, x: exp.model.apply(
+          {"params": s.params, "batch_stats": s.batch_stats}, x, train=False),
+      compiler_options=parallel.compiler_options(mesh, cpu_fast_path))
+  logits0_jit = logits_fn(state, first["image"])
+  losses = []
+  batch = first
+  for _ in range(steps):
+    state, metrics = step(state, batch)
+    losses.append(float(metrics["loss"]))
+    batch = parallel.shard_batch(next(batches), mesh)
+  return {"hlo": hlo, "losses": losses,
+          "params": jax.device_get(state.params),
+          "batch_stats": jax.device_get(state.batch_stats),
+          "opt_state": jax.device_get(state.opt_state),
+          "logits0": np.asarray(logits0),
+          "logits0_jit": np.asarray(logits0_jit)}
+
+
+@pytest.fixture(scope="module")
+def both_paths():
+  return {fast: _run_steps(fast) for fast in (True, False)}
+
+
+def test_fast_path_compiles_differently(both_paths):
+  # Otherwise the options would be silently ignored and the test below
+  # would compare a path with itself.
+  assert both_paths[True]["hlo"] != both_paths[False]["hlo"]
+
+
+def test_fast_and_portable_paths_give_equal_results(both_paths):
+  fast, portable = both_paths[True], both_paths[False]
+  # Measured here: logits and losses equal, params within 3e-8, optimizer
+  # state within 4e-7 after 3 steps; a wrong convolution would be O(1) off.
+  np.testing.assert_allclose(fast["logits0_jit"], portable["logits0_jit"],
+                             rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(fast["logits0_jit"], fast["logits0"],
+                             rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(fast["losses"], portable["losses"], rtol=1e-6)
+  for name in ("params", "batch_stats", "opt_state"):
+    leaves_f = jax.tree.leaves(fast[name])
+    leaves_p = jax.tree.leaves(portable[name])
+    assert len(leaves_f) == len(leaves_p) > 0
+    for a, b in zip(leaves_f, leaves_p):
+      a, b = np.asarray(a), np.asarray(b)
+      if a.dtype == bool:  # SAD's stored signs
+        assert np.array_equal(a, b), name
+      else:
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=name)
