@@ -2,14 +2,18 @@
 
   python benchmarks/train_step.py --model=cresnet20_1w1a --method=ovsw \
       --batch_size=128 --steps=30 --warmup=3 [--compare_torch] \
-      [--half_precision] [--out=benchmarks/results/train_step.json]
+      [--half_precision] [--profile_steps=5] \
+      [--out=benchmarks/results/train_step.json]
 
 Times the step that `ovsw_jax.train_lib.train_and_evaluate` runs, built the
 way it builds it (`create_experiment`, `create_train_state`, `jit_train_step`
 over `parallel.create_mesh()`, batch placed with `parallel.shard_batch`), for
 ``--method`` and for 'vanilla' in the same process. The data are synthetic
 and one batch stays on the device for every step, so the input pipeline is
-NOT measured: this is the step alone.
+NOT measured: this is the step alone. On CPU the trainer compiles its step
+with `ovsw_jax.parallel.CPU_COMPILER_OPTIONS` (the CPU fast path); the arm
+'<method>_portable' is the same step compiled with XLA's defaults, timed
+beside it.
 
 With ``--compare_torch`` it also times the reference's step in PyTorch
 (benchmarks/torch_step.py: eager, float32, ``torch.set_num_threads``
@@ -33,6 +37,11 @@ convolutions of one binary conv per stage shape (forward, input gradient,
 kernel gradient; PyTorch's too with ``--compare_torch``). PyTorch's step is
 split into phases (forward, backward, AGS/SAD hooks, optimizer).
 
+``--profile_steps`` traces that many steps with `jax.profiler` and reports
+where the time goes, per XLA op and per kind of op (`profile_step`):
+convolutions (forward, input gradient, kernel gradient), layout transposes,
+reductions, elementwise fusions.
+
 Prints one JSON line; writes it (indented) to ``--out`` when given.
 """
 
@@ -44,6 +53,7 @@ import json
 import os
 from pathlib import Path
 import platform
+import re
 import statistics
 import sys
 import time
@@ -129,7 +139,8 @@ class JaxArm:
     """Builds the state and the jitted step.
 
     Args:
-      config: from `make_config`.
+      config: from `make_config` (``config.cpu_fast_path`` picks the step's
+        compiler options, as in the trainer).
       batch: host arrays ('image', 'label').
       mesh: the data-parallel mesh.
       variables: {'params', 'batch_stats'} to start from instead of the
@@ -148,7 +159,7 @@ class JaxArm:
       self.state = state_from_variables(self.experiment, variables,
                                         config.seed, mesh)
     self.step_fn = train_lib.jit_train_step(
-        self.experiment.learning_rate_fn, mesh)
+        self.experiment.learning_rate_fn, mesh, config.cpu_fast_path)
     self.batch = parallel.shard_batch(batch, mesh)
     self.last_metrics: dict[str, jax.Array] = {}
 
@@ -274,15 +285,18 @@ def _time_once(fn: Callable[[], Any]) -> float:
   return time.perf_counter() - t
 
 
-def breakdown(arms: Mapping[str, JaxArm], reps: int) -> dict[str, Any]:
+def breakdown(arms: Mapping[str, JaxArm], reps: int,
+              compiler_options: Optional[Mapping[str, Any]] = None
+              ) -> dict[str, Any]:
   """Forward, forward + backward and optimizer-update times of our step.
 
   The forward and its gradient are the method-independent part: they are
   timed once, with the first arm's params. Each arm's ``tx`` update is timed
-  on that gradient. All separately jitted (so XLA cannot fuse across them
-  as it does in the whole step), medians over ``reps`` calls after one
-  compiling call.
+  on that gradient. All separately jitted with ``compiler_options`` (the
+  step's; so XLA cannot fuse across them as it does in the whole step),
+  medians over ``reps`` calls after one compiling call.
   """
+  options = dict(compiler_options) if compiler_options else None
   first = next(iter(arms.values()))
   state, batch = first.state, first.batch
 
@@ -297,8 +311,9 @@ def breakdown(arms: Mapping[str, JaxArm], reps: int) -> dict[str, Any]:
         logits.astype(jnp.float32), batch["label"]).mean()
     return loss, updates["batch_stats"]
 
-  forward = jax.jit(loss_fn)
-  forward_backward = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
+  forward = jax.jit(loss_fn, compiler_options=options)
+  forward_backward = jax.jit(jax.value_and_grad(loss_fn, has_aux=True),
+                             compiler_options=options)
   params = state.params
   _, grads = forward_backward(params)
 
@@ -307,10 +322,11 @@ def breakdown(arms: Mapping[str, JaxArm], reps: int) -> dict[str, Any]:
   for name, arm in arms.items():
     tx, opt_state, p = arm.experiment.tx, arm.state.opt_state, arm.state.params
 
-    @jax.jit
     def update(grads, opt_state, params, tx=tx):
       updates, opt_state = tx.update(grads, opt_state, params)
       return optax.apply_updates(params, updates), opt_state
+
+    update = jax.jit(update, compiler_options=options)
 
     fns[f"optimizer_update_{name}"] = functools.partial(update, grads,
                                                         opt_state, p)
@@ -337,15 +353,19 @@ _CONVS_PER_STAGE = 6
 
 
 def conv_breakdown(batch_size: int, image_size: int, dtype: Any, reps: int,
-                   compare_torch: bool = False) -> dict[str, Any]:
+                   compare_torch: bool = False,
+                   compiler_options: Optional[Mapping[str, Any]] = None
+                   ) -> dict[str, Any]:
   """The three convolutions of a binary conv's step, per cResNet20 stage.
 
   For each stage's shape, the convolution as `ovsw_jax.layers.BinaryConv`
   calls it (NHWC, HWIO, padding 1, +-1 operands in ``dtype``), and the two
   that its gradient takes: with respect to the input and to the kernel
-  (each `jax.vjp` of the forward, jitted alone); and, with
-  ``compare_torch``, PyTorch's (NCHW; the backward through
-  ``aten.convolution_backward``, which autograd calls). Medians of ``reps``.
+  (each `jax.vjp` of the forward, jitted alone with ``compiler_options``,
+  the step's; with options, also compiled with XLA's defaults as
+  ``portable_*``); and, with ``compare_torch``, PyTorch's (NCHW; the
+  backward through ``aten.convolution_backward``, which autograd calls).
+  Medians of ``reps``.
   """
   from jax import lax  # pylint: disable=g-import-not-at-top
   if compare_torch:
@@ -367,14 +387,18 @@ def conv_breakdown(batch_size: int, image_size: int, dtype: Any, reps: int,
           x, w, (1, 1), ((1, 1), (1, 1)),
           dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
-    fns = {
-        "forward": jax.jit(conv),
-        "input_grad": jax.jit(
+    plain = {
+        "forward": conv,
+        "input_grad": (
             lambda x, w, g: jax.vjp(lambda x: conv(x, w), x)[1](g)[0]),
-        "kernel_grad": jax.jit(
+        "kernel_grad": (
             lambda x, w, g: jax.vjp(lambda w: conv(x, w), w)[1](g)[0]),
     }
-    calls = {k: (functools.partial(f, xj, wj) if k == "forward" else
+    options = dict(compiler_options) if compiler_options else None
+    fns = {k: jax.jit(f, compiler_options=options) for k, f in plain.items()}
+    if options:
+      fns.update({f"portable_{k}": jax.jit(f) for k, f in plain.items()})
+    calls = {k: (functools.partial(f, xj, wj) if k.endswith("forward") else
                  functools.partial(f, xj, wj, gj)) for k, f in fns.items()}
     if compare_torch:
       xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
@@ -417,6 +441,138 @@ def conv_breakdown(batch_size: int, image_size: int, dtype: Any, reps: int,
       "kernel_grad (the first conv's input_grad is needed too: its input "
       "comes from the stem)")
   return out
+
+
+def _hlo_instructions(hlo_text: str) -> dict[str, str]:
+  """Instruction name -> its line plus the body of the computation it calls."""
+  computations: dict[str, list[str]] = {}
+  lines: dict[str, str] = {}
+  current = None
+  for line in hlo_text.splitlines():
+    if line and not line.startswith(" ") and line.rstrip().endswith("{"):
+      current = line.split()[1 if line.startswith("ENTRY") else 0].lstrip("%")
+      computations[current] = []
+      continue
+    if current is not None:
+      computations[current].append(line)
+    stripped = line.strip().removeprefix("ROOT ")
+    if stripped.startswith("%") and " = " in stripped:
+      name, rest = stripped[1:].split(" = ", 1)
+      lines[name] = rest
+  out = {}
+  for name, rest in lines.items():
+    body = rest
+    if "calls=%" in rest:
+      called = rest.split("calls=%", 1)[1].split(",", 1)[0].split()[0]
+      body += "\n" + "\n".join(computations.get(called, []))
+    out[name] = body
+  return out
+
+
+def _op_category(name: str, body: str) -> str:
+  """Coarse kind of one compiled op, from its name and HLO."""
+  if "convolution(" in body:
+    window = re.search(r"window=\{size=([0-9x]+)", body)
+    sizes = [int(v) for v in window.group(1).split("x")] if window else []
+    # The kernel gradient convolves the input with the output gradient: its
+    # window is the feature map, not the 3x3 (or 1x1) kernel. (XLA builds it
+    # anew, without the op_name metadata the other two keep.)
+    if any(v > 3 for v in sizes):
+      return "convolution: kernel gradient"
+    if "transpose(jvp(" in body:
+      return "convolution: input gradient"
+    return "convolution: forward"
+  if " dot(" in body:
+    return "dot"
+  # XLA names an op for its root: a fusion rooted at a transpose or copy
+  # moves data between layouts (elementwise producers fused into it).
+  if "transpose" in name or "copy" in name:
+    return "layout: transpose / copy"
+  if "reduce(" in body or "reduce-window(" in body:
+    return "reductions (BatchNorm, normalisation, loss, AGS norms)"
+  return "elementwise and other"
+
+
+def profile_step(arm: JaxArm, steps: int, top: int = 12) -> dict[str, Any]:
+  """Per-op time of our jitted step, from a `jax.profiler` trace.
+
+  Traces ``steps`` steps, reads the XLA:CPU ops' start and end events from
+  the compute threads, sums each op's start-to-end time, then per category
+  (the compiled HLO says what each op is). Ops run concurrently on the
+  threads, so the op times add up to more than the wall time.
+
+  Returns:
+    wall_per_step_s (while tracing), op_time_per_step_s, per-category
+    seconds and shares, the ``top`` slowest ops, and unattributed_s (events
+    not named for an op of the step).
+  """
+  import tempfile  # pylint: disable=g-import-not-at-top
+  hlo = arm.step_fn.lower(arm.state, arm.batch).compile().as_text()
+  bodies = _hlo_instructions(hlo)
+  arm()  # warm
+  with tempfile.TemporaryDirectory() as tmp:
+    start = time.perf_counter()
+    with jax.profiler.trace(tmp):
+      for _ in range(steps):
+        arm()
+    wall = (time.perf_counter() - start) / steps
+    traces = sorted(Path(tmp).rglob("*.xplane.pb"))
+    if not traces:
+      raise RuntimeError(f"jax.profiler wrote no trace under {tmp}")
+    data = jax.profiler.ProfileData.from_file(str(traces[0]))
+  # XLA:CPU marks each op with an event at its start and an "end: <op>"
+  # event when it completes; convolutions run asynchronously on the
+  # intra-op pool, so their own event covers only the launch. An op's time
+  # is from its start to its end marker.
+  starts: dict[str, list[int]] = {}
+  ends: dict[str, list[int]] = {}
+  for plane in data.planes:
+    for line in plane.lines:
+      if not line.name.startswith("tf_XLAEigen"):
+        continue  # the compute threads run the ops
+      for event in line.events:
+        if event.name.startswith("end: "):
+          ends.setdefault(event.name[5:], []).append(event.start_ns)
+        elif not event.name.startswith(("ThunkExecutor", "ThreadpoolListener")):
+          starts.setdefault(event.name, []).append(event.start_ns)
+  per_op: dict[str, float] = {}
+  unattributed = 0.0
+  for name, op_starts in starts.items():
+    op_ends = sorted(ends.get(name, []))
+    total = 0.0
+    for start_ns in sorted(op_starts):
+      end_ns = next((e for e in op_ends if e >= start_ns), None)
+      if end_ns is not None:
+        op_ends.remove(end_ns)
+        total += (end_ns - start_ns) * 1e-9 / steps
+    if name in bodies:
+      per_op[name] = total
+    else:
+      unattributed += total
+  categories: dict[str, float] = {}
+  for name, seconds in per_op.items():
+    kind = _op_category(name, bodies[name])
+    categories[kind] = categories.get(kind, 0.0) + seconds
+  busy = sum(categories.values())  # op time, summed over threads
+  slowest = sorted(per_op.items(), key=lambda kv: -kv[1])[:top]
+  return {
+      "steps": steps,
+      "wall_per_step_s": wall,
+      "op_time_per_step_s": busy,
+      "categories_s": dict(sorted(categories.items(), key=lambda kv: -kv[1])),
+      "categories_share": {k: v / busy for k, v in sorted(
+          categories.items(), key=lambda kv: -kv[1])},
+      "slowest_ops": [{"op": name, "op_time_s": seconds,
+                       "category": _op_category(name, bodies[name]),
+                       "hlo": bodies[name].split("\n", 1)[0][:160]}
+                      for name, seconds in slowest],
+      "unattributed_s": unattributed,
+      "note": ("seconds per step of the XLA:CPU ops, each from its start "
+               "event to its 'end:' event on the compute threads of a "
+               "jax.profiler trace, grouped by what the compiled HLO says "
+               "each op is; ops run concurrently on the threads, so their "
+               "sum exceeds the wall time"),
+  }
 
 
 # ----------------------------------------------------------------------------
@@ -466,6 +622,7 @@ def run(model: str = "cresnet20_1w1a", method: str = "ovsw",
         compare_torch: bool = False, torch_threads: int = 2,
         torch_sign: str = "reference", breakdown_reps: int = 10,
         seed: int = 0, model_options: Optional[Mapping[str, Any]] = None,
+        profile_steps: int = 0,
         log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
   """Runs the benchmark; returns the result (see the module docstring).
 
@@ -481,6 +638,8 @@ def run(model: str = "cresnet20_1w1a", method: str = "ovsw",
     torch_sign: how PyTorch binarizes: 'reference' (torch.sign, 0 -> 0: the
       reference's cost) or 'ovsw_jax' (0 -> +1: the same values as ours).
     breakdown_reps: calls per function of the breakdown; 0: none.
+    profile_steps: steps of ``method``'s step to trace for `profile_step`
+      (and of its portable twin, when there is one); 0: none.
     log: progress messages.
 
   Returns:
@@ -513,6 +672,13 @@ def run(model: str = "cresnet20_1w1a", method: str = "ovsw",
 
   log(f"building our steps for {methods}")
   jax_arms = {m: JaxArm(configs[m], batch, mesh, variables) for m in methods}
+  fast_options = parallel.compiler_options(mesh)
+  if fast_options is not None:
+    # The same step compiled with XLA's defaults, timed side by side: what
+    # the CPU fast path (parallel.CPU_COMPILER_OPTIONS) is worth.
+    portable = ml_collections.ConfigDict(configs[method])
+    portable.cpu_fast_path = False
+    jax_arms[f"{method}_portable"] = JaxArm(portable, batch, mesh, variables)
   arms: dict[str, Callable[[], Any]] = {
       f"ours/{m}": arm for m, arm in jax_arms.items()}
   arms.update({f"torch/{m}": fn for m, fn in torch_steps.items()})
@@ -582,6 +748,11 @@ def run(model: str = "cresnet20_1w1a", method: str = "ovsw",
          "and ovsw_jax to +1 (--torch_sign=ovsw_jax makes that agree)"
          if compare_torch and torch_sign == "reference" else ""))
   result["ratios"] = ratios(result, method)
+  result["cpu_fast_path"] = {"compiler_options": fast_options}
+  if fast_options is not None:
+    result["cpu_fast_path"]["images_per_sec_over_portable"] = (
+        result["ours"][method]["images_per_sec"]
+        / result["ours"][f"{method}_portable"]["images_per_sec"])
   if method != "vanilla":
     overhead = result["ratios"][f"ours_{method}_over_vanilla_step_time"] - 1
     result["targets"] = {
@@ -597,14 +768,19 @@ def run(model: str = "cresnet20_1w1a", method: str = "ovsw",
 
   if breakdown_reps > 0:
     log(f"breakdown: {breakdown_reps} reps each")
-    result["breakdown"] = breakdown(jax_arms, breakdown_reps)
+    result["breakdown"] = breakdown({m: jax_arms[m] for m in methods},
+                                    breakdown_reps, fast_options)
     step_s = {m: result["ours"][m]["median_step_s"] for m in methods}
     result["breakdown"]["full_step_s"] = step_s
     if models.canonical_name(model) == "cresnet20_1w1a":
       result["breakdown"]["binary_convs"] = conv_breakdown(
           batch_size, image_size,
           jnp.bfloat16 if half_precision else jnp.float32, breakdown_reps,
-          compare_torch)
+          compare_torch, fast_options)
+  if profile_steps > 0:
+    log(f"profiling {profile_steps} steps")
+    result["profile"] = {m: profile_step(jax_arms[m], profile_steps)
+                         for m in jax_arms if m != "vanilla"}
   info["loadavg_start"] = list(load_start)
   info["loadavg_end"] = list(os.getloadavg())
   info["loadavg_1min_per_round"] = load_samples
@@ -699,6 +875,8 @@ def main(argv=None) -> dict[str, Any]:
                            "reference's) or 0 -> +1 (ovsw_jax's values)")
   parser.add_argument("--breakdown_reps", type=int, default=10,
                       help="calls per breakdown function; 0: no breakdown")
+  parser.add_argument("--profile_steps", type=int, default=0,
+                      help="steps to trace for the per-op profile; 0: none")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--out", default=None,
                       help="write the JSON here (default: print only)")
@@ -711,6 +889,7 @@ def main(argv=None) -> dict[str, Any]:
                torch_threads=args.torch_threads,
                torch_sign=args.torch_sign,
                breakdown_reps=args.breakdown_reps, seed=args.seed,
+               profile_steps=args.profile_steps,
                log=lambda s: print(s, file=sys.stderr, flush=True))
   print(json.dumps(result))
   if args.out:

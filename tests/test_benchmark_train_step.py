@@ -125,7 +125,7 @@ from tests import torch_reference
 torch_reference.F = t.torch_functional_like_ours()
 r = train_step.run(batch_size=8, image_size=16, steps=2, warmup=1, block=1,
                    compare_torch=True, torch_sign="ovsw_jax",
-                   breakdown_reps=1)
+                   breakdown_reps=1, profile_steps=1)
 print(json.dumps(r))
 """
 
@@ -150,7 +150,19 @@ def test_run_follows_ours_in_pytorch_with_schema_and_breakdown(bench):
   assert proc.returncode == 0, proc.stderr[-4000:]
   r = json.loads(proc.stdout.strip().splitlines()[-1])
   assert r["data"] == bench.DATA_NOTE and "not measured" in r["data"]
-  assert set(r["ours"]) == {"ovsw", "vanilla"}
+  # The CPU fast path, and the same step with XLA's defaults beside it.
+  assert set(r["ours"]) == {"ovsw", "vanilla", "ovsw_portable"}
+  from ovsw_jax import parallel  # pylint: disable=g-import-not-at-top
+  fast = r["cpu_fast_path"]
+  assert fast["compiler_options"] == parallel.CPU_COMPILER_OPTIONS
+  assert fast["images_per_sec_over_portable"] == pytest.approx(
+      r["ours"]["ovsw"]["images_per_sec"]
+      / r["ours"]["ovsw_portable"]["images_per_sec"])
+  portable = r["ours"]["ovsw_portable"]
+  assert portable["first_loss"] == pytest.approx(
+      r["ours"]["ovsw"]["first_loss"], rel=1e-6)
+  assert portable["last_loss"] == pytest.approx(
+      r["ours"]["ovsw"]["last_loss"], rel=1e-5)
   for m in ("ovsw", "vanilla"):
     ours, ref = r["ours"][m], r["torch"][m]
     assert ours["first_loss"] == pytest.approx(ref["first_loss"], rel=1e-5)
@@ -195,10 +207,21 @@ def test_run_follows_ours_in_pytorch_with_schema_and_breakdown(bench):
   shapes = ("16x16x16", "8x8x32", "4x4x64")
   for shape in shapes:
     assert all(convs[shape][f"{p}{op}_s"] > 0
-               for p in ("", "torch_") for op in ops)
+               for p in ("", "torch_", "portable_") for op in ops)
   for side, p in (("ours", ""), ("torch", "torch_")):
     assert convs["all_binary_convs_per_step_s"][side] == pytest.approx(
         6 * sum(convs[shape][f"{p}{op}_s"] for shape in shapes for op in ops))
+  # The per-op profile of both compiled variants of the ovsw step.
+  assert set(r["profile"]) == {"ovsw", "ovsw_portable"}
+  for prof in r["profile"].values():
+    cats = prof["categories_s"]
+    for kind in ("forward", "input gradient", "kernel gradient"):
+      assert cats[f"convolution: {kind}"] > 0, cats
+    assert prof["op_time_per_step_s"] == pytest.approx(sum(cats.values()))
+    assert sum(prof["categories_share"].values()) == pytest.approx(1.0)
+    assert prof["wall_per_step_s"] > 0 and prof["steps"] == 1
+    assert prof["slowest_ops"][0]["op_time_s"] == max(
+        o["op_time_s"] for o in prof["slowest_ops"])
   m = r["machine"]
   assert len(m["loadavg_start"]) == 3 and len(m["loadavg_end"]) == 3
   assert m["cpu_count"] >= 1 and m["jax"] and m["torch_num_threads"] == 2
