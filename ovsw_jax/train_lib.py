@@ -43,7 +43,9 @@ from ovsw_jax import bop
 from ovsw_jax import checkpointing
 from ovsw_jax import data
 from ovsw_jax import diagnostics
+from ovsw_jax import layers
 from ovsw_jax import models
+from ovsw_jax import ops
 from ovsw_jax import parallel
 from ovsw_jax import recu
 from ovsw_jax import transforms
@@ -527,7 +529,30 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int):
           f"option(s) {clash}, which config.model_options (or another part) "
           "sets too; remove them from config.model_options")
     options.update(change.options)
+  if _narrow_binary_operands(config, options):
+    options["binary_operand_dtype"] = jnp.bfloat16
   return models.get_model(config.model, num_classes, dtype=dtype, **options)
+
+
+def _narrow_binary_operands(config: ml_collections.ConfigDict,
+                            options: Mapping[str, Any]) -> bool:
+  """Whether the CPU fast path reads the binary convs' operands in bfloat16.
+
+  Only where it is exact and measured faster: on the CPU backend, with
+  `layers.BinaryConv` (or a subclass) and the built-in estimators, whose
+  forward is exactly +-1; never over an explicit ``binary_operand_dtype``.
+  """
+  if not config.cpu_fast_path or jax.default_backend() != "cpu":
+    return False
+  if "binary_operand_dtype" in options:
+    return False
+  conv = options.get("conv", layers.BinaryConv)
+  while isinstance(conv, functools.partial):
+    conv = conv.func
+  if not (isinstance(conv, type) and issubclass(conv, layers.BinaryConv)):
+    return False
+  return all(options.get(k) is None or options.get(k) in ops.ESTIMATORS
+             for k in ("activation_estimator", "weight_estimator"))
 
 
 def create_model_state_fn(config: ml_collections.ConfigDict,

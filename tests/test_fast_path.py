@@ -127,3 +127,50 @@ def test_fast_and_portable_paths_give_equal_results(both_paths):
         assert np.array_equal(a, b), name
       else:
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+@pytest.mark.parametrize("strides", [(1, 1), (2, 2)])
+def test_bfloat16_operands_give_the_float32_conv_bit_for_bit(strides):
+  """`layers.binary_conv_general` with bfloat16 operands: same values and
+  same gradients as the plain float32 convolution, exactly."""
+  from ovsw_jax import layers  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  a = np.sign(rng.standard_normal((4, 9, 9, 24))).astype(np.float32)
+  w = np.sign(rng.standard_normal((3, 3, 24, 40))).astype(np.float32)
+  g = rng.standard_normal((4, 5 if strides == (2, 2) else 9,
+                           5 if strides == (2, 2) else 9, 40)
+                          ).astype(np.float32)
+  pad = ((1, 1), (1, 1))
+
+  def run(dtype):
+    f = lambda a, w: layers.binary_conv_general(  # pylint: disable=g-long-lambda
+        a, w, strides, pad, dtype)
+    y, vjp = jax.vjp(f, a, w)
+    return (y, *vjp(g))
+
+  narrow = jax.jit(lambda: run(jax.numpy.bfloat16))()
+  plain = jax.jit(lambda: run(None))()
+  for got, want in zip(narrow, plain):
+    assert got.dtype == want.dtype == np.float32
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+  # And the plain one is the convolution (integer sums up to 9 * 24).
+  assert np.abs(np.asarray(plain[0])).max() <= 216
+  assert np.all(np.asarray(plain[0]) == np.round(np.asarray(plain[0])))
+
+
+def test_trainer_narrows_only_exact_binary_convs(monkeypatch):
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  model = train_lib.create_model(_config(), 10)
+  assert model.binary_operand_dtype == jnp.bfloat16
+  assert train_lib.create_model(
+      _config(cpu_fast_path=False), 10).binary_operand_dtype is None
+  # ReCU's conv is not a BinaryConv: left alone.
+  assert train_lib.create_model(_config(method="recu"), 10
+                                ).binary_operand_dtype is None
+  # A custom estimator may not be +-1: left alone.
+  custom = _config()
+  custom.model_options = {"activation_estimator": lambda x: x}
+  assert train_lib.create_model(custom, 10).binary_operand_dtype is None
+  # Other backends compile with the portable defaults.
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert train_lib.create_model(_config(), 10).binary_operand_dtype is None

@@ -75,8 +75,8 @@ def get_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
     **kwargs: module attributes: ``dtype`` (compute dtype; params stay
       float32), ``bn_axis_name``, ``conv`` (binary conv module class, default
       `ovsw_jax.layers.BinaryConv`), ``activation_estimator``,
-      ``weight_estimator``, ``learnable_scale`` (passed to every binary conv),
-      and ``stage_sizes`` for the ResNets.
+      ``weight_estimator``, ``learnable_scale``, ``binary_operand_dtype``
+      (passed to every binary conv), and ``stage_sizes`` for the ResNets.
 
   Returns:
     An unbound ``flax.linen.Module``; call as ``model.apply(variables, x,

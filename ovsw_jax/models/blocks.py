@@ -129,6 +129,8 @@ class BinaryNet(nn.Module):
     activation_estimator: passed to every binary conv when not None.
     weight_estimator: passed to every binary conv when not None.
     learnable_scale: passed to every binary conv when not None.
+    binary_operand_dtype: passed to every binary conv when not None (see
+      `layers.BinaryConv`).
   """
 
   num_classes: int
@@ -138,12 +140,14 @@ class BinaryNet(nn.Module):
   activation_estimator: Optional[Union[str, ops.Estimator]] = None
   weight_estimator: Optional[Union[str, ops.Estimator]] = None
   learnable_scale: Optional[bool] = None
+  binary_operand_dtype: Optional[Dtype] = None
 
   def binary_conv(self, **kwargs: Any) -> ModuleDef:
     """``self.conv`` with the compute dtype and the binary options bound."""
     options = dict(activation_estimator=self.activation_estimator,
                    weight_estimator=self.weight_estimator,
-                   learnable_scale=self.learnable_scale)
+                   learnable_scale=self.learnable_scale,
+                   binary_operand_dtype=self.binary_operand_dtype)
     options = {k: v for k, v in options.items() if v is not None}
     return functools.partial(self.conv, dtype=self.dtype, **options, **kwargs)
 
