@@ -72,6 +72,7 @@ if str(_ROOT) not in sys.path:
   sys.path.insert(0, str(_ROOT))  # For `configs`, a plain directory.
 
 from configs import default  # pylint: disable=g-import-not-at-top
+from ovsw_jax import layers  # pylint: disable=g-import-not-at-top
 from ovsw_jax import models  # pylint: disable=g-import-not-at-top
 from ovsw_jax import parallel  # pylint: disable=g-import-not-at-top
 from ovsw_jax import train_lib  # pylint: disable=g-import-not-at-top
@@ -352,6 +353,11 @@ _CRESNET20_STAGES = ((1, 16), (2, 32), (4, 64))
 _CONVS_PER_STAGE = 6
 
 
+def _binary_conv(x, w, operand_dtype=None):
+  return layers.binary_conv_general(x, w, (1, 1), ((1, 1), (1, 1)),
+                                    operand_dtype)
+
+
 def conv_breakdown(batch_size: int, image_size: int, dtype: Any, reps: int,
                    compare_torch: bool = False,
                    compiler_options: Optional[Mapping[str, Any]] = None
@@ -361,9 +367,11 @@ def conv_breakdown(batch_size: int, image_size: int, dtype: Any, reps: int,
   For each stage's shape, the convolution as `ovsw_jax.layers.BinaryConv`
   calls it (NHWC, HWIO, padding 1, +-1 operands in ``dtype``), and the two
   that its gradient takes: with respect to the input and to the kernel
-  (each `jax.vjp` of the forward, jitted alone with ``compiler_options``,
-  the step's; with options, also compiled with XLA's defaults as
-  ``portable_*``); and, with ``compare_torch``, PyTorch's (NCHW; the
+  (each `jax.vjp` of the forward, jitted alone). With ``compiler_options``
+  (the CPU fast path's) they are compiled with them and the forward reads
+  the operands in bfloat16, as the fast path's step does; the float32 ones
+  compiled with XLA's defaults are then ``portable_*``. With
+  ``compare_torch``, also PyTorch's (NCHW; the
   backward through ``aten.convolution_backward``, which autograd calls).
   Medians of ``reps``.
   """
@@ -387,17 +395,25 @@ def conv_breakdown(batch_size: int, image_size: int, dtype: Any, reps: int,
           x, w, (1, 1), ((1, 1), (1, 1)),
           dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
-    plain = {
-        "forward": conv,
-        "input_grad": (
-            lambda x, w, g: jax.vjp(lambda x: conv(x, w), x)[1](g)[0]),
-        "kernel_grad": (
-            lambda x, w, g: jax.vjp(lambda w: conv(x, w), w)[1](g)[0]),
-    }
+    def three(conv):
+      return {
+          "forward": conv,
+          "input_grad": (
+              lambda x, w, g: jax.vjp(lambda x: conv(x, w), x)[1](g)[0]),
+          "kernel_grad": (
+              lambda x, w, g: jax.vjp(lambda w: conv(x, w), w)[1](g)[0]),
+      }
+
     options = dict(compiler_options) if compiler_options else None
-    fns = {k: jax.jit(f, compiler_options=options) for k, f in plain.items()}
     if options:
-      fns.update({f"portable_{k}": jax.jit(f) for k, f in plain.items()})
+      # As the fast path runs them: +-1 operands read in bfloat16.
+      fast = functools.partial(_binary_conv, operand_dtype=jnp.bfloat16)
+      fns = {k: jax.jit(f, compiler_options=options)
+             for k, f in three(fast).items()}
+      fns.update({f"portable_{k}": jax.jit(f)
+                  for k, f in three(conv).items()})
+    else:
+      fns = {k: jax.jit(f) for k, f in three(conv).items()}
     calls = {k: (functools.partial(f, xj, wj) if k.endswith("forward") else
                  functools.partial(f, xj, wj, gj)) for k, f in fns.items()}
     if compare_torch:
