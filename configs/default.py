@@ -100,9 +100,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.seed = 0
   # bfloat16 compute; params, optimizer state and the loss stay float32.
   config.half_precision = False
-  # On CPU, compile the train and eval steps with
-  # ovsw_jax.parallel.CPU_COMPILER_OPTIONS (XLA's own convolutions instead of
-  # YNNPACK's: faster here); False: XLA's defaults. No effect on GPU/TPU.
+  # The CPU fast path: compile the train and eval steps with
+  # ovsw_jax.parallel.CPU_COMPILER_OPTIONS (XLA's own convolutions, YNNPACK's
+  # reductions) and let the binary convs read their +-1 operands in bfloat16
+  # (exact). False: XLA's defaults and float32 operands. No effect on GPU/TPU.
   config.cpu_fast_path = True
   config.log_every_steps = 100
   # Per-layer sign-flip rate between two measurements every this many steps;

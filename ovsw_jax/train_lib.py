@@ -542,7 +542,9 @@ def _narrow_binary_operands(config: ml_collections.ConfigDict,
   `layers.BinaryConv` (or a subclass) and the built-in estimators, whose
   forward is exactly +-1; never over an explicit ``binary_operand_dtype``.
   """
-  if not config.cpu_fast_path or jax.default_backend() != "cpu":
+  # .get: configs saved by an older ovsw_jax (e.g. a workdir's config.json
+  # being exported) lack the key.
+  if not config.get("cpu_fast_path", True) or jax.default_backend() != "cpu":
     return False
   if "binary_operand_dtype" in options:
     return False

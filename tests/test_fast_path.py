@@ -174,3 +174,11 @@ def test_trainer_narrows_only_exact_binary_convs(monkeypatch):
   # Other backends compile with the portable defaults.
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
   assert train_lib.create_model(_config(), 10).binary_operand_dtype is None
+
+
+def test_configs_saved_before_the_fast_path_still_build_models():
+  # A workdir's config.json from an older ovsw_jax has no cpu_fast_path;
+  # exporting it must still work (and takes the fast path's default).
+  config = _config()
+  del config["cpu_fast_path"]
+  assert train_lib.create_model(config, 10).binary_operand_dtype is not None
