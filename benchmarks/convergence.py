@@ -135,8 +135,9 @@ def run_one(config: ml_collections.ConfigDict, run_dir: Path,
   mesh = parallel.create_mesh()
   experiment = train_lib.create_experiment(config)
   spe, total = experiment.steps_per_epoch, experiment.total_steps
-  p_train_step = train_lib.jit_train_step(experiment.learning_rate_fn, mesh)
-  p_eval_step = train_lib.jit_eval_step(mesh)
+  p_train_step = train_lib.jit_train_step(experiment.learning_rate_fn, mesh,
+                                          config.cpu_fast_path)
+  p_eval_step = train_lib.jit_eval_step(mesh, config.cpu_fast_path)
   update_record = jax.jit(diagnostics.update_flip_record)
   never_fn = jax.jit(diagnostics.never_flipped_fraction)
   diag_fn = jax.jit(lambda s: {**transforms.sad_diagnostics(s),
