@@ -28,13 +28,12 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
 from pathlib import Path
 import statistics
 import sys
 import time
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -72,24 +71,6 @@ STEP_VARIANTS: dict[str, tuple[Optional[dict[str, Any]], bool]] = {
 }
 
 _STAGES = ((1, 16), (2, 32), (4, 64))  # cResNet20: (size divisor, channels)
-
-
-def _time_once(fn: Callable[[], Any]) -> float:
-  t = time.perf_counter()
-  jax.block_until_ready(fn())
-  return time.perf_counter() - t
-
-
-def interleave(calls: Mapping[str, Callable[[], Any]], reps: int
-               ) -> dict[str, float]:
-  """Median seconds per call, the calls taking turns ``reps`` times."""
-  for call in calls.values():
-    jax.block_until_ready(call())  # compile / warm up
-  samples: dict[str, list[float]] = {k: [] for k in calls}
-  for _ in range(reps):
-    for k, call in calls.items():
-      samples[k].append(_time_once(call))
-  return {k: statistics.median(v) for k, v in samples.items()}
 
 
 # ----------------------------------------------------------------------------
@@ -255,7 +236,7 @@ def conv_variants(batch_size: int, reps: int, image_size: int = 32,
     }
     calls = {k: (lambda f=f: f(x, w)) for k, f in forward.items()}
     calls.update({k: (lambda f=f: f(x, g)) for k, f in kernel.items()})
-    times = interleave(calls, reps)
+    times = train_step.interleave(calls, reps)
     ref_f = np.asarray(forward["forward_f32_conv"](x, w), np.float64)
     ref_k = np.asarray(kernel["kernel_grad_xla_conv"](x, g), np.float64)
     stage = {}
@@ -304,10 +285,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                                       parallel.create_mesh()))
   result["wall_seconds"] = time.time() - start
   result["machine"] = train_step.machine_info()
-  print(json.dumps(result))
-  if args.out:
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+  train_step.write_json(result, args.out)
   return result
 
 

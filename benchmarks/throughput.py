@@ -156,12 +156,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                  log=lambda s: print(s, file=sys.stderr, flush=True))
   result["command"] = "python benchmarks/throughput.py " + " ".join(
       sys.argv[1:] if argv is None else argv)
-  print(json.dumps(result))
+  train_step.write_json(result, args.out)
   if args.out:
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    plot(result, out.with_suffix(".png"))
+    plot(result, Path(args.out).with_suffix(".png"))
   return result
 
 

@@ -286,6 +286,27 @@ def _time_once(fn: Callable[[], Any]) -> float:
   return time.perf_counter() - t
 
 
+def interleave(calls: Mapping[str, Callable[[], Any]], reps: int
+               ) -> dict[str, float]:
+  """Median seconds per call: one untimed (compiling) call each, then
+  ``reps`` rounds in which every call takes its turn, as the steps do."""
+  for call in calls.values():
+    jax.block_until_ready(call())  # compile / warm up
+  samples: dict[str, list[float]] = {k: [] for k in calls}
+  for _ in range(reps):
+    for k, call in calls.items():
+      samples[k].append(_time_once(call))
+  return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def write_json(result: Mapping[str, Any], out: Optional[str]) -> None:
+  """Prints ``result`` as one JSON line; writes it indented to ``out``."""
+  print(json.dumps(result))
+  if out:
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(result, indent=2) + "\n")
+
+
 def breakdown(arms: Mapping[str, JaxArm], reps: int,
               compiler_options: Optional[Mapping[str, Any]] = None
               ) -> dict[str, Any]:
@@ -331,14 +352,7 @@ def breakdown(arms: Mapping[str, JaxArm], reps: int,
 
     fns[f"optimizer_update_{name}"] = functools.partial(update, grads,
                                                         opt_state, p)
-  for fn in fns.values():
-    jax.block_until_ready(fn())  # compile
-  # Interleaved rounds, as the steps.
-  samples = {k: [] for k in fns}
-  for _ in range(reps):
-    for k, fn in fns.items():
-      samples[k].append(_time_once(fn))
-  out = {f"{k}_s": statistics.median(v) for k, v in samples.items()}
+  out = {f"{k}_s": v for k, v in interleave(fns, reps).items()}
   out["backward_s"] = out["forward_backward_s"] - out["forward_s"]
   out["reps"] = reps
   out["note"] = ("separately jitted functions on the same batch and params; "
@@ -375,7 +389,6 @@ def conv_breakdown(batch_size: int, image_size: int, dtype: Any, reps: int,
   backward through ``aten.convolution_backward``, which autograd calls).
   Medians of ``reps``.
   """
-  from jax import lax  # pylint: disable=g-import-not-at-top
   if compare_torch:
     import torch  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
@@ -389,11 +402,6 @@ def conv_breakdown(batch_size: int, image_size: int, dtype: Any, reps: int,
                 ).astype(np.float32)
     g = rng.standard_normal(x.shape).astype(np.float32)
     xj, wj, gj = (jnp.asarray(a, dtype) for a in (x, w, g))
-
-    def conv(x, w):
-      return lax.conv_general_dilated(
-          x, w, (1, 1), ((1, 1), (1, 1)),
-          dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
     def three(conv):
       return {
@@ -411,9 +419,9 @@ def conv_breakdown(batch_size: int, image_size: int, dtype: Any, reps: int,
       fns = {k: jax.jit(f, compiler_options=options)
              for k, f in three(fast).items()}
       fns.update({f"portable_{k}": jax.jit(f)
-                  for k, f in three(conv).items()})
+                  for k, f in three(_binary_conv).items()})
     else:
-      fns = {k: jax.jit(f) for k, f in three(conv).items()}
+      fns = {k: jax.jit(f) for k, f in three(_binary_conv).items()}
     calls = {k: (functools.partial(f, xj, wj) if k.endswith("forward") else
                  functools.partial(f, xj, wj, gj)) for k, f in fns.items()}
     if compare_torch:
@@ -433,13 +441,7 @@ def conv_breakdown(batch_size: int, image_size: int, dtype: Any, reps: int,
           "torch_kernel_grad": functools.partial(
               torch_backward, [False, True, False]),
       })
-    for call in calls.values():
-      jax.block_until_ready(call())  # compile / warm up
-    samples = {k: [] for k in calls}
-    for _ in range(reps):
-      for k, call in calls.items():
-        samples[k].append(_time_once(call))
-    stage = {f"{k}_s": statistics.median(v) for k, v in samples.items()}
+    stage = {f"{k}_s": v for k, v in interleave(calls, reps).items()}
     out[f"{size}x{size}x{channels}"] = stage
     totals["ours"] += _CONVS_PER_STAGE * sum(
         stage[f"{k}_s"] for k in ("forward", "input_grad", "kernel_grad"))
@@ -907,10 +909,7 @@ def main(argv=None) -> dict[str, Any]:
                breakdown_reps=args.breakdown_reps, seed=args.seed,
                profile_steps=args.profile_steps,
                log=lambda s: print(s, file=sys.stderr, flush=True))
-  print(json.dumps(result))
-  if args.out:
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+  write_json(result, args.out)
   return result
 
 
