@@ -193,6 +193,12 @@ def _cpu_options_supported() -> bool:
   return True
 
 
+def uses_cpu_fast_path(platform: str, cpu_fast_path: bool = True) -> bool:
+  """Whether steps on ``platform`` take the CPU fast path: only on CPU, and
+  only when ``cpu_fast_path`` (config.cpu_fast_path) asks for it."""
+  return cpu_fast_path and platform == "cpu"
+
+
 def compiler_options(mesh: Mesh, cpu_fast_path: bool = True
                      ) -> Optional[dict[str, Any]]:
   """XLA options for the steps jitted over ``mesh``, chosen per backend.
@@ -207,7 +213,7 @@ def compiler_options(mesh: Mesh, cpu_fast_path: bool = True
     (XLA's defaults; always on GPU and TPU).
   """
   platform = mesh.devices.flat[0].platform
-  if cpu_fast_path and platform == "cpu" and _cpu_options_supported():
+  if uses_cpu_fast_path(platform, cpu_fast_path) and _cpu_options_supported():
     return dict(CPU_COMPILER_OPTIONS)
   return None
 

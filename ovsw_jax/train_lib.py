@@ -544,7 +544,8 @@ def _narrow_binary_operands(config: ml_collections.ConfigDict,
   """
   # .get: configs saved by an older ovsw_jax (e.g. a workdir's config.json
   # being exported) lack the key.
-  if not config.get("cpu_fast_path", True) or jax.default_backend() != "cpu":
+  if not parallel.uses_cpu_fast_path(jax.default_backend(),
+                                     config.get("cpu_fast_path", True)):
     return False
   if "binary_operand_dtype" in options:
     return False
