@@ -13,10 +13,7 @@ torch = pytest.importorskip(
 
 from ovsw_jax import convert  # pylint: disable=g-import-not-at-top
 from ovsw_jax import models  # pylint: disable=g-import-not-at-top
-try:  # pytest's default import mode puts tests/ on sys.path
-  import torch_reference  # pylint: disable=g-import-not-at-top
-except ImportError:
-  from tests import torch_reference  # pylint: disable=g-import-not-at-top
+from benchmarks.lib import torch_reference  # pylint: disable=g-import-not-at-top
 
 _SIZES = {"cresnet20_1w1a": 32, "cresnet18_1w1a": 32, "vggsmall_1w1a": 32,
           "resnet18_1w1a": 64, "resnet34_1w1a": 64}

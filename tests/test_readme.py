@@ -28,7 +28,7 @@ def test_api_tour_runs_as_written(tmp_path, monkeypatch):
   blocks = _blocks("python")
   assert len(blocks) >= 4, "README's API tour lost its code blocks"
   torch = pytest.importorskip("torch", reason="the tour loads a torch file")
-  from tests import torch_reference
+  from benchmarks.lib import torch_reference
   # The tour loads a reference checkpoint by file name: make one.
   model = torch_reference.build("cresnet20_1w1a", num_classes=10)
   torch.save({"state_dict": model.state_dict()},

@@ -1,11 +1,12 @@
-"""PyTorch re-implementations of the five reference models (SPEC sections 2-3).
+"""PyTorch re-implementations of the five reference models.
 
-Written from the SPEC with the reference's module names, so their
-``state_dict`` keys are the reference's: ``conv1``, ``bn1``,
+Written from docs/semantics.md (sections 2-3) with the reference's module
+names, so their ``state_dict`` keys are the reference's: ``conv1``, ``bn1``,
 ``layer{i}.{j}.conv1/bn1/conv2/bn2``, ``shortcut.0/.1`` (cResNet18),
-``downsample.0/.1`` (ImageNet), ``bn2``, ``linear`` (cResNet20) / ``fc``;
-VGG: ``conv0..conv5``, ``bn0..bn5``, ``nonlinear5`` (PReLU), ``fc``.
-Used by tests/test_convert.py only; imports torch.
+``downsample.0/.1`` (ImageNet), ``bn2``, ``linear`` (cResNet20) / ``fc``; VGG:
+``conv0..conv5``, ``bn0..bn5``, ``nonlinear5`` (PReLU), ``fc``. The PyTorch
+step (`benchmarks.lib.torch_step`) trains them; the converter's tests
+(tests/test_convert.py) check `ovsw_jax.convert` against them. Imports torch.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ def _sign(x: torch.Tensor) -> torch.Tensor:
 
 
 class BinaryConv2d(nn.Conv2d):
-  """The reference's "xnor" binary conv (SPEC section 2), forward only."""
+  """The reference's "xnor" binary conv (docs/semantics.md, section 2),
+  forward only."""
 
   def __init__(self, in_planes, out_planes, kernel_size, stride=1,
                padding=0, scaling_factor=False):

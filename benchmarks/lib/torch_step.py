@@ -1,4 +1,4 @@
-"""The reference's PyTorch training step, the baseline of train_step.py.
+"""The reference's PyTorch training step: benchmarks/train_step.py's baseline.
 
 One step does what the reference's trainer does per batch (github.com/
 JingyangXiang/OvSW: trainers/ovsw.py, model/modules/ovsw.py), in eager mode
@@ -6,46 +6,41 @@ and float32 on the CPU (the reference runs CUDA AMP, which a CPU lacks):
 
 1. forward and cross-entropy;
 2. ``optimizer.zero_grad()``, ``loss.backward()``;
-3. a Python loop over the binary convs, each doing (SPEC sections 4-5):
-   AGS: per output channel ``gn = max(||g_c||, 1e-6)``, ``pn = max(||w_c||,
-   1e-3)``, ``g_c *= delta * pn / gn`` where ``gn / pn < delta``; SAD: a
+3. a Python loop over the binary convs, each doing (docs/semantics.md,
+   sections 4-5): AGS: per output channel ``gn = max(||g_c||, 1e-6)``,
+   ``pn = max(||w_c||, 1e-3)``, ``g_c *= delta * pn / gn`` where ``gn / pn < delta``; SAD: a
    float32 tracker and a float32 copy of the previous weights, ``tracker =
    m * tracker + (1 - m) * (sign(w) != sign(w_prev))``, ``g += lambda *
    (tracker < tau) * w``, ``w_prev = w.clone()``; each also computes its mean
    (the ratio the reference logs);
 4. ``torch.optim.SGD(momentum=0.9, weight_decay=wd)``: weight decay on every
-   param, then momentum (SPEC section 6);
+   param, then momentum (docs/semantics.md, section 6);
 5. top-1/top-5 of the batch, as the reference logs them.
 
-The networks are tests/torch_reference.py's (the reference's module names, so
-`ovsw_jax.convert.convert_state_dict` maps their weights to ours), with each
-binary conv given the reference's training gradients: the Bi-Real estimator
-``g * max(0, 2 - 2|a|)`` on activations and identity straight-through on
-weights. Like the reference, the forward binarizes with ``torch.sign``
-(0 -> 0) by default; ovsw_jax maps 0 to +1 (SPEC section 1). The two differ
-only where an activation is exactly 0, which happens: a binary conv's outputs
-are discrete, so BatchNorm can return an exact 0, and the option-A shortcut
-adds zero channels. ``build_model(..., sign='ovsw_jax')`` binarizes as
-ovsw_jax does (``torch.where(x >= 0, 1, -1)``: two kernels, against
-``torch.sign``'s one, so the reference's sign is the one to time).
+The networks are `benchmarks.lib.torch_reference`'s (the reference's module
+names, so `ovsw_jax.convert.convert_state_dict` maps their weights to ours),
+with each binary conv given the reference's training gradients: the Bi-Real
+estimator ``g * max(0, 2 - 2|a|)`` on activations and identity
+straight-through on weights. Like the reference, the forward binarizes with
+``torch.sign`` (0 -> 0) by default; ovsw_jax maps 0 to +1 (docs/semantics.md,
+section 1). The two differ only where an activation is exactly 0, which
+happens: a binary conv's outputs are discrete, so BatchNorm can return an
+exact 0, and the option-A shortcut adds zero channels. ``build_model(...,
+sign='ovsw_jax')`` binarizes as ovsw_jax does (``torch.where(x >= 0, 1, -1)``:
+two kernels, against ``torch.sign``'s one, so the reference's sign is the one
+to time).
 """
 
 from __future__ import annotations
 
 import copy
-from pathlib import Path
-import sys
 import time
 from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
-_ROOT = Path(__file__).resolve().parents[1]
-if str(_ROOT) not in sys.path:
-  sys.path.insert(0, str(_ROOT))
-
-from tests import torch_reference  # pylint: disable=g-import-not-at-top
+from benchmarks.lib import torch_reference
 
 # The parts of ovsw_jax's `config.method` this step implements.
 METHOD_PARTS = frozenset({"ags", "sad"})
@@ -217,7 +212,7 @@ class TorchStep:
 
     Args:
       net: from `build_model`.
-      parts: the method's parts (`ovsw_jax.train_lib.method_parts`): a
+      parts: the method's parts (`ovsw_jax.training.methods.method_parts`): a
         subset of {'ags', 'sad'}; empty for vanilla.
       learning_rate: constant learning rate.
       momentum, weight_decay: SGD's.

@@ -1,0 +1,16 @@
+"""What the benchmarks share.
+
+* `timing`: the interleaved timer and the summaries of its times;
+* `arms`: the timed arms (our jitted train step, the PyTorch step) and the
+  synthetic config and batch they run on;
+* `step_comparison`: the train-step comparison that train_step and
+  throughput report;
+* `breakdown`, `profiling`: where the step's time goes (separately jitted
+  parts; per-op times from a `jax.profiler` trace);
+* `deploy_files`, `deploy_latency`: the deploy benchmark's model files and
+  its batch-1 latency workers;
+* `machine`: the machine and versions a result was measured on;
+* `results`: JSON output;
+* `torch_reference`, `torch_step`: the reference's models and training step
+  in PyTorch (the tests use them too). Only these two import torch.
+"""
