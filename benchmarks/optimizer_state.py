@@ -4,19 +4,19 @@ The reference PyTorch code keeps, per binary weight, a float32 momentum buffer,
 a float32 flip tracker and a float32 copy of the previous weights: 12 bytes.
 `ovsw()` stores the previous *sign* as a bool instead: 4 + 4 + 1 = 9 bytes.
 
-  python benchmarks/optimizer_state.py [--model=cresnet20_1w1a]
+  python -m benchmarks.optimizer_state [--model=cresnet20_1w1a]
 
 Prints one JSON line and writes benchmarks/results/optimizer_state.json.
 Shapes only (jax.eval_shape): nothing is allocated or computed.
 """
 
 import argparse
-import json
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 
+from benchmarks.lib import results
 from ovsw_jax import models
 from ovsw_jax import transforms
 from ovsw_jax.layers import LATENT_KERNEL
@@ -88,9 +88,7 @@ def main():
   parser.add_argument("--out", default=str(
       Path(__file__).parent / "results" / "optimizer_state.json"))
   args = parser.parse_args()
-  result = state_bytes_per_binary_weight(args.model)
-  print(json.dumps(result))
-  Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+  results.write_json(state_bytes_per_binary_weight(args.model), args.out)
 
 
 if __name__ == "__main__":

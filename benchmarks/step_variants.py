@@ -1,15 +1,16 @@
 """What was tried to speed up the train step on CPU, each measured side by side.
 
-  python benchmarks/step_variants.py --out=benchmarks/results/step_variants.json
+  python -m benchmarks.step_variants --out=benchmarks/results/step_variants.json
 
 Two parts, each interleaving its variants so that they share the machine's
 state:
 
 * ``step``: the real cResNet20_1w1a train step (method ``--method``, batch
-  ``--batch_size``, built as `benchmarks/train_step.py` builds it), compiled
-  with different XLA:CPU options (`jax.jit`'s ``compiler_options``): XLA's
-  defaults, the fast path's `ovsw_jax.parallel.CPU_COMPILER_OPTIONS`, other
-  YNNPACK fusion lists, oneDNN, XNNPACK's graph fusion; with the binary
+  ``--batch_size``, built as benchmarks/train_step.py builds it:
+  `benchmarks.lib.arms.JaxArm`), compiled with different XLA:CPU options
+  (`jax.jit`'s ``compiler_options``): XLA's defaults, the fast path's
+  `ovsw_jax.training.cpu_fast_path.CPU_COMPILER_OPTIONS`, other YNNPACK
+  fusion lists, oneDNN, XNNPACK's graph fusion; with the binary
   convs' +-1 operands in float32 or bfloat16 (the fast path has both).
   images/s and the ratio to XLA's defaults with float32 operands (what
   ``--config.cpu_fast_path=False`` runs).
@@ -29,7 +30,6 @@ from __future__ import annotations
 import argparse
 import functools
 import os
-from pathlib import Path
 import statistics
 import sys
 import time
@@ -43,21 +43,24 @@ from jax import lax  # pylint: disable=g-import-not-at-top
 import ml_collections  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
-_HERE = Path(__file__).resolve().parent
-if str(_HERE.parent) not in sys.path:
-  sys.path.insert(0, str(_HERE.parent))
-
-from benchmarks import train_step  # pylint: disable=g-import-not-at-top
-from ovsw_jax import parallel  # pylint: disable=g-import-not-at-top
-from ovsw_jax import train_lib  # pylint: disable=g-import-not-at-top
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from benchmarks.lib import arms as arms_lib
+from benchmarks.lib import machine
+from benchmarks.lib import results
+from benchmarks.lib import timing
+from ovsw_jax.training import cpu_fast_path
+from ovsw_jax.training import mesh as mesh_lib
+from ovsw_jax.training import steps as steps_lib
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 _YNN = "xla_cpu_experimental_ynn_fusion_type"
 # name -> (jax.jit compiler_options or None for XLA's defaults, whether the
 # binary convs read their +-1 operands in bfloat16).
 STEP_VARIANTS: dict[str, tuple[Optional[dict[str, Any]], bool]] = {
     "xla_defaults": (None, False),
-    "fast_path": (dict(parallel.CPU_COMPILER_OPTIONS), True),
-    "fast_path_options_only": (dict(parallel.CPU_COMPILER_OPTIONS), False),
+    "fast_path": (dict(cpu_fast_path.CPU_COMPILER_OPTIONS), True),
+    "fast_path_options_only": (
+        dict(cpu_fast_path.CPU_COMPILER_OPTIONS), False),
     "bf16_operands_only": (None, True),
     "ynn_none": ({_YNN: ""}, False),
     "ynn_reduce": ({_YNN: "LIBRARY_FUSION_TYPE_REDUCE"}, False),
@@ -83,27 +86,27 @@ def step_variants(method: str, batch_size: int, steps: int,
                   = STEP_VARIANTS, model_options=None, image_size: int = 32,
                   log=lambda s: None) -> dict[str, Any]:
   """images/s of the train step, per variant: XLA options x operand dtype."""
-  mesh = parallel.create_mesh()
-  config = train_step.make_config(method=method, batch_size=batch_size,
-                                  image_size=image_size,
-                                  model_options=model_options)
-  batch = train_step.make_batch(batch_size, image_size, 10)
+  mesh = mesh_lib.create_mesh()
+  config = arms_lib.make_config(method=method, batch_size=batch_size,
+                                image_size=image_size,
+                                model_options=model_options)
+  batch = arms_lib.make_batch(batch_size, image_size, 10)
   arms, rejected = {}, {}
-  first = train_step.JaxArm(config, batch, mesh)
+  first = arms_lib.JaxArm(config, batch, mesh)
   # Every variant starts from the same weights, in its own buffers (the step
   # donates its state).
   variables = jax.device_get({"params": first.state.params,
                               "batch_stats": first.state.batch_stats})
-  replicated = parallel.replicated(mesh)
+  replicated = mesh_lib.replicated(mesh)
   for name, (options, bf16_operands) in variants.items():
     variant = ml_collections.ConfigDict(config)
     # The trainer narrows the operands exactly when cpu_fast_path is on.
     variant.cpu_fast_path = bf16_operands
-    arm = train_step.JaxArm(variant, batch, mesh, variables)
+    arm = arms_lib.JaxArm(variant, batch, mesh, variables)
     arm.step_fn = jax.jit(
-        functools.partial(train_lib.train_step,
+        functools.partial(steps_lib.train_step,
                           learning_rate_fn=arm.experiment.learning_rate_fn),
-        in_shardings=(replicated, parallel.data_sharding(mesh)),
+        in_shardings=(replicated, mesh_lib.data_sharding(mesh)),
         out_shardings=(replicated, replicated), donate_argnums=(0,),
         compiler_options=options)
     try:
@@ -114,7 +117,7 @@ def step_variants(method: str, batch_size: int, steps: int,
       continue
     arms[name] = arm
   log(f"timing {list(arms)}")
-  timed = train_step.time_interleaved(arms, steps, warmup=1, block=2)
+  timed = timing.time_interleaved(arms, steps, warmup=1, block=2)
   timed.pop("_load", None)
   base = batch_size / statistics.median(timed["xla_defaults"]["times"])
   out = {}
@@ -236,7 +239,7 @@ def conv_variants(batch_size: int, reps: int, image_size: int = 32,
     }
     calls = {k: (lambda f=f: f(x, w)) for k, f in forward.items()}
     calls.update({k: (lambda f=f: f(x, g)) for k, f in kernel.items()})
-    times = train_step.interleave(calls, reps)
+    times = timing.interleave(calls, reps)
     ref_f = np.asarray(forward["forward_f32_conv"](x, w), np.float64)
     ref_k = np.asarray(kernel["kernel_grad_xla_conv"](x, g), np.float64)
     stage = {}
@@ -270,7 +273,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
   start = time.time()
   result: dict[str, Any] = {
       "benchmark": "step_variants",
-      "command": "python benchmarks/step_variants.py " + " ".join(
+      "command": "python -m benchmarks.step_variants " + " ".join(
           sys.argv[1:] if argv is None else argv),
       "config": {"model": "cresnet20_1w1a", "method": args.method,
                  "batch_size": args.batch_size, "steps": args.steps,
@@ -280,12 +283,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
   result["step"] = step_variants(args.method, args.batch_size, args.steps,
                                  log=log)
   log("one conv per stage shape, reformulated (fast-path options)")
+  options = cpu_fast_path.compiler_options(mesh_lib.create_mesh())
   result["convs"] = conv_variants(args.batch_size, args.reps,
-                                  compiler_options=parallel.compiler_options(
-                                      parallel.create_mesh()))
+                                  compiler_options=options)
   result["wall_seconds"] = time.time() - start
-  result["machine"] = train_step.machine_info()
-  train_step.write_json(result, args.out)
+  result["machine"] = machine.machine_info()
+  results.write_json(result, args.out)
   return result
 
 

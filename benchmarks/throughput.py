@@ -1,13 +1,15 @@
 """Train-step throughput against batch size: ours and PyTorch's, side by side.
 
-  python benchmarks/throughput.py --batch_sizes=32,64,128,256 --steps=12 \
+  python -m benchmarks.throughput --batch_sizes=32,64,128,256 --steps=12 \
       --compare_torch --out=benchmarks/results/throughput.json
 
-For each batch size, one `benchmarks/train_step.py` run (`train_step.run`,
-no breakdown): our jitted step for ``--method`` and for vanilla, the same
-``--method`` step compiled with XLA's defaults instead of the CPU fast path
-(arm '<method>_portable', on CPU), and with ``--compare_torch`` the
-reference's step in PyTorch eager with and without the method. Arms are
+For each batch size, one train-step comparison
+(`benchmarks.lib.step_comparison.run`, what ``python -m
+benchmarks.train_step`` reports; no breakdown): our jitted step for
+``--method`` and for vanilla, the same ``--method`` step compiled with XLA's
+defaults instead of the CPU fast path (arm '<method>_portable', on CPU), and
+with ``--compare_torch`` the reference's step in PyTorch eager with and
+without the method. Arms are
 interleaved within a batch size, so the ratios at one batch size are side by
 side; absolute images/s across batch sizes ran minutes apart.
 
@@ -27,11 +29,11 @@ from typing import Any, Callable, Optional, Sequence
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-_HERE = Path(__file__).resolve().parent
-if str(_HERE.parent) not in sys.path:
-  sys.path.insert(0, str(_HERE.parent))
-
-from benchmarks import train_step  # pylint: disable=g-import-not-at-top
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from benchmarks.lib import arms
+from benchmarks.lib import results
+from benchmarks.lib import step_comparison
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 
 def point(result: dict[str, Any], method: str) -> dict[str, Any]:
@@ -67,14 +69,14 @@ def sweep(batch_sizes: Sequence[int], model: str = "cresnet20_1w1a",
           warmup: int = 2, block: int = 3, compare_torch: bool = False,
           model_options: Optional[dict[str, Any]] = None,
           log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
-  """Runs `train_step.run` per batch size; returns the JSON-able result."""
+  """Runs `step_comparison.run` per batch size; returns the JSON-able result."""
   if not batch_sizes:
     raise ValueError("--batch_sizes is empty: give e.g. 32,64,128")
   points, machine = [], None
   start = time.time()
   for b in batch_sizes:
     log(f"batch size {b}")
-    result = train_step.run(
+    result = step_comparison.run(
         model=model, method=method, batch_size=b, image_size=image_size,
         steps=steps, warmup=warmup, block=block, compare_torch=compare_torch,
         breakdown_reps=0, model_options=model_options, log=log)
@@ -89,7 +91,7 @@ def sweep(batch_sizes: Sequence[int], model: str = "cresnet20_1w1a",
                  "warmup": warmup, "block": block,
                  "compare_torch": compare_torch,
                  "model_options": dict(model_options or {})},
-      "data": train_step.DATA_NOTE,
+      "data": arms.DATA_NOTE,
       "timing": ("per batch size, train_step.run's interleaved arms; "
                  "images_per_sec = batch_size / median step time"),
       "points": points,
@@ -119,7 +121,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
   for name in points[0]["ratios"]:
     ax2.plot(sizes, [p["ratios"][name] for p in points], "o-", label=name)
   if "ours_over_torch" in points[0]["ratios"]:
-    ax2.axhline(train_step.TARGET_OURS_OVER_TORCH, color="gray", ls=":",
+    ax2.axhline(step_comparison.TARGET_OURS_OVER_TORCH, color="gray", ls=":",
                 label="target: ours / torch")
   ax2.axhline(1.0, color="black", lw=0.5)
   ax2.set(xscale="log", xlabel="batch size", ylabel="ratio",
@@ -154,9 +156,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
   result = sweep(sizes, args.model, args.method, args.image_size, args.steps,
                  args.warmup, args.block, args.compare_torch,
                  log=lambda s: print(s, file=sys.stderr, flush=True))
-  result["command"] = "python benchmarks/throughput.py " + " ".join(
+  result["command"] = "python -m benchmarks.throughput " + " ".join(
       sys.argv[1:] if argv is None else argv)
-  train_step.write_json(result, args.out)
+  results.write_json(result, args.out)
   if args.out:
     plot(result, Path(args.out).with_suffix(".png"))
   return result

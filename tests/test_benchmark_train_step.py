@@ -1,6 +1,6 @@
-"""benchmarks/train_step.py and benchmarks/torch_step.py at tiny sizes."""
+"""benchmarks/train_step.py (`benchmarks.lib.step_comparison`), its timer
+and the PyTorch step (`benchmarks.lib.torch_step`) at tiny sizes."""
 
-import importlib.util
 import json
 import math
 import os
@@ -13,25 +13,16 @@ import textwrap
 import numpy as np
 import pytest
 
+from benchmarks.lib import arms
+from benchmarks.lib import step_comparison
+from benchmarks.lib import timing
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load(name):
-  spec = importlib.util.spec_from_file_location(
-      f"benchmark_{name}", ROOT / "benchmarks" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-@pytest.fixture(scope="module")
-def bench():
-  return _load("train_step")
-
-
-def test_summarize_and_ratios_arithmetic(bench):
+def test_summarize_and_ratios_arithmetic():
   times = [0.4, 0.1, 0.3, 0.2, 1.0]
-  s = bench.summarize(times, batch_size=8)
+  s = timing.summarize(times, batch_size=8)
   assert s["median_step_s"] == pytest.approx(0.3)
   assert s["images_per_sec"] == pytest.approx(8 / 0.3)
   assert s["mean_step_s"] == pytest.approx(0.4)
@@ -43,7 +34,7 @@ def test_summarize_and_ratios_arithmetic(bench):
 
   result = {"ours": {"ovsw": arm(0.51), "vanilla": arm(0.5)},
             "torch": {"ovsw": arm(0.4), "vanilla": arm(0.35)}}
-  r = bench.ratios(result, "ovsw")
+  r = step_comparison.ratios(result, "ovsw")
   assert r == pytest.approx({
       "ours_ovsw_over_vanilla_step_time": 0.51 / 0.5,
       "torch_ovsw_over_vanilla_step_time": 0.4 / 0.35,
@@ -51,21 +42,21 @@ def test_summarize_and_ratios_arithmetic(bench):
       "ours_over_torch_images_per_sec_vanilla": 0.35 / 0.5,
   })
   del result["torch"]
-  assert bench.ratios(result, "ovsw") == pytest.approx(
+  assert step_comparison.ratios(result, "ovsw") == pytest.approx(
       {"ours_ovsw_over_vanilla_step_time": 0.51 / 0.5})
 
 
-def test_time_interleaved_alternates_blocks(bench):
+def test_time_interleaved_alternates_blocks():
   calls = []
-  arms = {name: (lambda name=name: calls.append(name)) for name in "ab"}
-  out = bench.time_interleaved(arms, steps=3, warmup=1, block=2)
+  fns = {name: (lambda name=name: calls.append(name)) for name in "ab"}
+  out = timing.time_interleaved(fns, steps=3, warmup=1, block=2)
   # Warmups first, then rounds of up to `block` steps per arm.
   assert calls == ["a", "b", "a", "a", "b", "b", "a", "b"]
   assert len(out.pop("_load")) == 2  # one load sample per round
   for o in out.values():
     assert len(o["times"]) == 3 and o["first_step_s"] is not None
   with pytest.raises(ValueError, match="block=0"):
-    bench.time_interleaved(arms, steps=1, warmup=0, block=0)
+    timing.time_interleaved(fns, steps=1, warmup=0, block=0)
 
 
 def torch_functional_like_ours():
@@ -114,23 +105,23 @@ def _hardtanh_like_ours(torch):
   return lambda x, *args, **kwargs: Hardtanh.apply(x)
 
 
-# Run in a subprocess: XLA's backend optimisation off halves the compile time
-# (numerics and the JSON's fields are what is checked here, not speed).
+# Run in a subprocess (from the repo root, which `python -c` puts on its
+# path): XLA's backend optimisation off halves the compile time (numerics and
+# the JSON's fields are what is checked here, not speed).
 _RUN = """
-import json, sys
-sys.path.insert(0, {root!r})
-from benchmarks import train_step
+import json
+from benchmarks.lib import step_comparison
+from benchmarks.lib import torch_reference
 from tests import test_benchmark_train_step as t
-from tests import torch_reference
 torch_reference.F = t.torch_functional_like_ours()
-r = train_step.run(batch_size=8, image_size=16, steps=2, warmup=1, block=1,
-                   compare_torch=True, torch_sign="ovsw_jax",
-                   breakdown_reps=1, profile_steps=1)
+r = step_comparison.run(batch_size=8, image_size=16, steps=2, warmup=1,
+                        block=1, compare_torch=True, torch_sign="ovsw_jax",
+                        breakdown_reps=1, profile_steps=1)
 print(json.dumps(r))
 """
 
 
-def test_run_follows_ours_in_pytorch_with_schema_and_breakdown(bench):
+def test_run_follows_ours_in_pytorch_with_schema_and_breakdown():
   """The whole run at a tiny size: full cResNet20, both methods, PyTorch.
 
   PyTorch starts from our weights (converted) and binarizes 0 to +1 as we do
@@ -144,17 +135,17 @@ def test_run_follows_ours_in_pytorch_with_schema_and_breakdown(bench):
   env = dict(os.environ, JAX_PLATFORMS="cpu",
              XLA_FLAGS="--xla_backend_optimization_level=0")
   proc = subprocess.run(
-      [sys.executable, "-c", textwrap.dedent(_RUN.format(root=str(ROOT)))],
+      [sys.executable, "-c", textwrap.dedent(_RUN)],
       env=env, capture_output=True, text=True, timeout=600, cwd=ROOT,
       check=False)
   assert proc.returncode == 0, proc.stderr[-4000:]
   r = json.loads(proc.stdout.strip().splitlines()[-1])
-  assert r["data"] == bench.DATA_NOTE and "not measured" in r["data"]
+  assert r["data"] == arms.DATA_NOTE and "not measured" in r["data"]
   # The CPU fast path, and the same step with XLA's defaults beside it.
   assert set(r["ours"]) == {"ovsw", "vanilla", "ovsw_portable"}
-  from ovsw_jax import parallel  # pylint: disable=g-import-not-at-top
+  from ovsw_jax.training import cpu_fast_path  # pylint: disable=g-import-not-at-top
   fast = r["cpu_fast_path"]
-  assert fast["compiler_options"] == parallel.CPU_COMPILER_OPTIONS
+  assert fast["compiler_options"] == cpu_fast_path.CPU_COMPILER_OPTIONS
   assert fast["images_per_sec_over_portable"] == pytest.approx(
       r["ours"]["ovsw"]["images_per_sec"]
       / r["ours"]["ovsw_portable"]["images_per_sec"])
@@ -227,18 +218,19 @@ def test_run_follows_ours_in_pytorch_with_schema_and_breakdown(bench):
   assert m["cpu_count"] >= 1 and m["jax"] and m["torch_num_threads"] == 2
 
 
-def test_run_rejects_bad_settings(bench):
+def test_run_rejects_bad_settings():
+  run = step_comparison.run
   with pytest.raises(ValueError, match="warmup=0"):
-    bench.run(warmup=0)
+    run(warmup=0)
   with pytest.raises(ValueError, match="compare_torch"):
-    bench.run(compare_torch=True, model_options={"stage_sizes": (1, 1, 1)})
+    run(compare_torch=True, model_options={"stage_sizes": (1, 1, 1)})
   with pytest.raises(ValueError, match="unknown method part"):
-    bench.run(method="nope")
+    run(method="nope")
 
 
 def test_torch_step_rejects_unknown_parts():
   pytest.importorskip("torch", reason="install torch (CPU)")
-  torch_step = _load("torch_step")
+  from benchmarks.lib import torch_step  # pylint: disable=g-import-not-at-top
   assert torch_step.method_flags(["ags", "sad"]) == (True, True)
   assert torch_step.method_flags([]) == (False, False)
   with pytest.raises(ValueError, match="'sgd'"):

@@ -1,23 +1,12 @@
 """The optimizer-state budget of ovsw(): <= 9 bytes per binary weight."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load_benchmark():
-  spec = importlib.util.spec_from_file_location(
-      "optimizer_state", ROOT / "benchmarks" / "optimizer_state.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from benchmarks import optimizer_state
 
 
 def test_ovsw_state_is_nine_bytes_per_binary_weight():
-  result = _load_benchmark().state_bytes_per_binary_weight("cresnet20_1w1a")
+  result = optimizer_state.state_bytes_per_binary_weight("cresnet20_1w1a")
   assert result["binary_weights"] == 267_264
   assert result["state_bytes_per_binary_weight"] == pytest.approx(9.0)
   assert result["breakdown_bytes_per_binary_weight"] == {

@@ -1,25 +1,17 @@
 """benchmarks/step_variants.py: the tried reformulations compute the same
 thing, and the option variants are timed (or rejected) as recorded."""
 
-from pathlib import Path
-import sys
-
 import jax
 import jax.numpy as jnp
 from jax import lax
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks import step_variants
 
 
 @pytest.fixture(scope="module")
 def sv():
-  sys.path.insert(0, str(ROOT))
-  try:
-    from benchmarks import step_variants  # pylint: disable=g-import-not-at-top
-  finally:
-    sys.path.remove(str(ROOT))
   return step_variants
 
 

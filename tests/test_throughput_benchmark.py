@@ -15,9 +15,8 @@ def test_sweep_records_each_batch_size_with_consistent_ratios(tmp_path):
   out = tmp_path / "throughput.json"
   env = dict(os.environ, JAX_PLATFORMS="cpu",
              XLA_FLAGS="--xla_backend_optimization_level=0")
+  # `python -c` puts its working directory, the repo root, on its path.
   code = f"""
-import sys
-sys.path.insert(0, {str(ROOT)!r})
 from benchmarks import throughput
 r = throughput.sweep([4, 8], image_size=8, steps=2, warmup=1, block=1,
                      model_options={{"stage_sizes": (1, 1, 1)}})
@@ -48,10 +47,6 @@ throughput.plot(r, Path({str(out.with_suffix(".png"))!r}))
 
 
 def test_empty_sweep_is_refused():
-  sys.path.insert(0, str(ROOT))
-  try:
-    from benchmarks import throughput  # pylint: disable=g-import-not-at-top
-  finally:
-    sys.path.remove(str(ROOT))
+  from benchmarks import throughput  # pylint: disable=g-import-not-at-top
   with pytest.raises(ValueError, match="batch_sizes"):
     throughput.sweep([])
