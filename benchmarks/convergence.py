@@ -1,6 +1,6 @@
 """Convergence study: vanilla, AGS, SAD and OvSW (and peers) on CIFAR-10.
 
-  python benchmarks/convergence.py --runs_dir=/tmp/ovsw_convergence \
+  python -m benchmarks.convergence --runs_dir=/tmp/ovsw_convergence \
       --arms=vanilla,ags,sad,ovsw --seeds=0,1 --epochs=4 --batch_size=128 \
       --out=benchmarks/results/convergence.json
 
@@ -12,8 +12,9 @@ schedule. Only ``method`` (the arm) and ``seed`` differ between runs; a seed
 fixes the init and the data order, so arms with the same seed see the same
 batches from the same weights.
 
-The loop is the trainer's own jitted step (`train_lib.jit_train_step`) with a
-`diagnostics.FlipRecord` updated after every step, so flip counts are exact.
+The loop is the trainer's own jitted step (`training.steps.jit_train_step`)
+with a `diagnostics.FlipRecord` updated after every step, so flip counts are
+exact.
 Per epoch it records test top-1/loss on all 10,000 test images, the train
 loss, and the fraction of binary weights never flipped so far, per layer; at
 the end, flip counts against |w| (the paper's figure 1) and the histogram of
@@ -31,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 from pathlib import Path
 import platform
@@ -45,17 +45,19 @@ import jax  # pylint: disable=g-import-not-at-top
 import ml_collections  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
-_ROOT = Path(__file__).resolve().parents[1]
-if str(_ROOT) not in sys.path:
-  sys.path.insert(0, str(_ROOT))
-
-from configs import cifar10_resnet20  # pylint: disable=g-import-not-at-top
-from ovsw_jax import checkpointing  # pylint: disable=g-import-not-at-top
-from ovsw_jax import data  # pylint: disable=g-import-not-at-top
-from ovsw_jax import diagnostics  # pylint: disable=g-import-not-at-top
-from ovsw_jax import parallel  # pylint: disable=g-import-not-at-top
-from ovsw_jax import train_lib  # pylint: disable=g-import-not-at-top
-from ovsw_jax import transforms  # pylint: disable=g-import-not-at-top
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from benchmarks.lib import results
+from configs import cifar10_resnet20
+from ovsw_jax import data
+from ovsw_jax import diagnostics
+from ovsw_jax import transforms
+from ovsw_jax.training import checkpointing
+from ovsw_jax.training import config as config_lib
+from ovsw_jax.training import experiment as experiment_lib
+from ovsw_jax.training import mesh as mesh_lib
+from ovsw_jax.training import state as state_lib
+from ovsw_jax.training import steps as steps_lib
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 # Flip counts above this share the histogram's last bin.
 MAX_FLIP_BIN = 64
@@ -85,21 +87,6 @@ def study_config(arm: str, seed: int, epochs: int, batch_size: int,
   return config
 
 
-def _to_json(tree: Any) -> Any:
-  if isinstance(tree, dict):
-    return {str(k): _to_json(v) for k, v in tree.items()}
-  if isinstance(tree, (list, tuple)):
-    return [_to_json(v) for v in tree]
-  if isinstance(tree, (np.ndarray, jax.Array)):
-    return _to_json(np.asarray(tree).tolist())
-  if isinstance(tree, (np.floating, float)):
-    v = float(tree)
-    return None if math.isnan(v) else v
-  if isinstance(tree, np.integer):
-    return int(tree)
-  return tree
-
-
 def flip_histogram(record: diagnostics.FlipRecord) -> dict[str, list[int]]:
   """Per layer and overall: how many weights flipped 0, 1, ..., >=64 times."""
   out = {}
@@ -111,13 +98,10 @@ def flip_histogram(record: diagnostics.FlipRecord) -> dict[str, list[int]]:
   return out
 
 
-def run_one(config: ml_collections.ConfigDict, run_dir: Path,
-            log=print) -> dict[str, Any]:
-  """Trains one arm/seed (resuming from run_dir) and returns its record."""
+def _check_settings(run_dir: Path, settings: dict[str, Any]) -> None:
+  """Raises if run_dir's finished run or recorded settings differ."""
   done_file = run_dir / "run.json"
-  settings = _to_json(config.to_dict())
-  settings_file = run_dir / "config.json"
-  for path in (done_file, settings_file):
+  for path in (done_file, run_dir / "config.json"):
     if path.exists():
       stored = json.loads(path.read_text())
       stored = stored.get("config", stored) if path == done_file else stored
@@ -129,101 +113,134 @@ def run_one(config: ml_collections.ConfigDict, run_dir: Path,
             f"{[stored.get(k) for k in diff]} there, "
             f"{[settings.get(k) for k in diff]} now); use another --runs_dir "
             "or delete that run to start it again")
-  if done_file.exists():
-    return json.loads(done_file.read_text())
-  settings_file.write_text(json.dumps(settings))
-  mesh = parallel.create_mesh()
-  experiment = train_lib.create_experiment(config)
-  spe, total = experiment.steps_per_epoch, experiment.total_steps
-  p_train_step = train_lib.jit_train_step(experiment.learning_rate_fn, mesh,
-                                          config.cpu_fast_path)
-  p_eval_step = train_lib.jit_eval_step(mesh, config.cpu_fast_path)
-  update_record = jax.jit(diagnostics.update_flip_record)
-  never_fn = jax.jit(diagnostics.never_flipped_fraction)
-  diag_fn = jax.jit(lambda s: {**transforms.sad_diagnostics(s),
-                               **transforms.ags_diagnostics(s)})
 
-  state = train_lib.create_train_state(
+
+def _jitted(experiment, mesh, config) -> dict[str, Any]:
+  """The trainer's jitted train and eval steps, and the flip bookkeeping."""
+  return {
+      "train": steps_lib.jit_train_step(experiment.learning_rate_fn, mesh,
+                                        config.cpu_fast_path),
+      "eval": steps_lib.jit_eval_step(mesh, config.cpu_fast_path),
+      "update_record": jax.jit(diagnostics.update_flip_record),
+      "never": jax.jit(diagnostics.never_flipped_fraction),
+      "diag": jax.jit(lambda s: {**transforms.sad_diagnostics(s),
+                                 **transforms.ags_diagnostics(s)}),
+  }
+
+
+def _items(state, record) -> dict[str, Any]:
+  """What a checkpoint holds: the train state's items and the flip record."""
+  return {**state_lib.checkpoint_items(state), "flips": record._asdict()}
+
+
+def _resume(manager, state, record, run_dir: Path, log):
+  """(state, flip record, history) from the latest checkpoint, if any."""
+  restored = checkpointing.restore(
+      manager, checkpointing.abstract_like(_items(state, record)))
+  if restored is None:
+    return state, record, []
+  items, meta, _ = restored
+  record = diagnostics.FlipRecord(**items.pop("flips"))
+  log(f"  resuming {run_dir.name} at epoch {len(meta['history'])}")
+  return state.replace(**items), record, meta["history"]
+
+
+def _epoch_entry(config, fns, state, record, losses, step: int,
+                 steps_per_epoch: int, train_seconds: float, mesh,
+                 run_dir: Path) -> dict[str, Any]:
+  """An epoch's record: test metrics, train loss, flips and optimizer
+  diagnostics, speed."""
+  losses = np.asarray(jax.device_get(losses), np.float64)
+  if not np.all(np.isfinite(losses)):
+    raise FloatingPointError(
+        f"{run_dir.name}: non-finite loss in the epoch ending at step "
+        f"{step}; lower --learning_rate")
+  result = steps_lib.evaluate(
+      fns["eval"], state,
+      data.create_eval_iterator(
+          config.dataset, config.data_dir, config.eval_batch_size,
+          **config_lib.as_dict(config.dataset_options)),
+      mesh)
+  return {
+      "epoch": step / steps_per_epoch, "step": step,
+      "train_loss": float(losses.mean()),
+      **result,
+      "never_flipped": results.to_json(jax.device_get(fns["never"](record))),
+      "optimizer_diagnostics": results.to_json(
+          jax.device_get(fns["diag"](state.opt_state))),
+      "train_seconds": train_seconds,
+      "images_per_sec": len(losses) * config.batch_size / train_seconds,
+  }
+
+
+def _train(config, experiment, mesh, manager, run_dir: Path, log):
+  """Trains (from the latest checkpoint, if any) to the last step,
+  checkpointing every epoch; returns (state, flip record, history)."""
+  state = state_lib.create_train_state(
       experiment.model, experiment.tx, experiment.info.image_shape,
       config.seed, mesh, experiment.model_state_fn)
   record = diagnostics.init_flip_record(state.params)
-  history: list[dict[str, Any]] = []
-  manager = checkpointing.create_manager(run_dir / "checkpoints", keep=1,
-                                         best_metric=None, async_save=False)
-  try:
-    items = {**train_lib.checkpoint_items(state), "flips": record._asdict()}
-    restored = checkpointing.restore(manager, checkpointing.abstract_like(items))
-    if restored is not None:
-      items, meta, _ = restored
-      record = diagnostics.FlipRecord(**items.pop("flips"))
-      state = state.replace(**items)
-      history = meta["history"]
-      log(f"  resuming {run_dir.name} at epoch {len(history)}")
-    first_step = int(jax.device_get(state.step))
-    train_iter = data.create_train_iterator(
-        config.dataset, config.data_dir, config.batch_size, config.seed,
-        start_step=first_step, prefetch=2,
-        **train_lib._as_dict(config.dataset_options))  # pylint: disable=protected-access
-    t0, losses = time.time(), []
-    close = getattr(train_iter, "close", lambda: None)
-  except BaseException:
-    manager.close()
-    raise
+  state, record, history = _resume(manager, state, record, run_dir, log)
+  fns = _jitted(experiment, mesh, config)
+  spe, total = experiment.steps_per_epoch, experiment.total_steps
+  first_step = int(jax.device_get(state.step))
+  train_iter = data.create_train_iterator(
+      config.dataset, config.data_dir, config.batch_size, config.seed,
+      start_step=first_step, prefetch=2,
+      **config_lib.as_dict(config.dataset_options))
+  t0, losses = time.time(), []
   try:
     for step in range(first_step + 1, total + 1):
-      batch = parallel.shard_batch(next(train_iter), mesh)
-      state, metrics = p_train_step(state, batch)
-      record = update_record(record, state.params)
+      batch = mesh_lib.shard_batch(next(train_iter), mesh)
+      state, metrics = fns["train"](state, batch)
+      record = fns["update_record"](record, state.params)
       losses.append(metrics["loss"])
       if step % spe and step != total:
         continue
-      train_seconds = time.time() - t0
-      losses = np.asarray(jax.device_get(losses), np.float64)
-      if not np.all(np.isfinite(losses)):
-        raise FloatingPointError(
-            f"{run_dir.name}: non-finite loss in the epoch ending at step "
-            f"{step}; lower --learning_rate")
-      result = train_lib.evaluate(
-          p_eval_step, state,
-          data.create_eval_iterator(
-              config.dataset, config.data_dir, config.eval_batch_size,
-              **train_lib._as_dict(config.dataset_options)),  # pylint: disable=protected-access
-          mesh)
-      entry = {
-          "epoch": step / spe, "step": step,
-          "train_loss": float(losses.mean()),
-          **result,
-          "never_flipped": _to_json(jax.device_get(never_fn(record))),
-          "optimizer_diagnostics": _to_json(
-              jax.device_get(diag_fn(state.opt_state))),
-          "train_seconds": train_seconds,
-          "images_per_sec": len(losses) * config.batch_size / train_seconds,
-      }
+      entry = _epoch_entry(config, fns, state, record, losses, step, spe,
+                           time.time() - t0, mesh, run_dir)
       history.append(entry)
-      checkpointing.save(
-          manager, step,
-          {**train_lib.checkpoint_items(state), "flips": record._asdict()},
-          meta={"history": history})
+      checkpointing.save(manager, step, _items(state, record),
+                         meta={"history": history})
       log(f"  {run_dir.name} epoch {entry['epoch']:.2f}: test top-1 "
           f"{entry['eval_top1']:.4f}, train loss {entry['train_loss']:.4f}, "
           f"never flipped {entry['never_flipped'][diagnostics.OVERALL]:.4f}, "
           f"{entry['images_per_sec']:.0f} img/s")
       t0, losses = time.time(), []
   finally:
-    close()
+    getattr(train_iter, "close", lambda: None)()
+  return state, record, history
+
+
+def run_one(config: ml_collections.ConfigDict, run_dir: Path,
+            log=print) -> dict[str, Any]:
+  """Trains one arm/seed (resuming from run_dir) and returns its record."""
+  done_file = run_dir / "run.json"
+  settings = results.to_json(config.to_dict())
+  _check_settings(run_dir, settings)
+  if done_file.exists():
+    return json.loads(done_file.read_text())
+  (run_dir / "config.json").write_text(json.dumps(settings))
+  mesh = mesh_lib.create_mesh()
+  experiment = experiment_lib.create_experiment(config)
+  manager = checkpointing.create_manager(run_dir / "checkpoints", keep=1,
+                                         best_metric=None, async_save=False)
+  try:
+    state, record, history = _train(config, experiment, mesh, manager,
+                                    run_dir, log)
+  finally:
     manager.wait_until_finished()
     manager.close()
-
   params = jax.device_get(state.params)
   record = jax.device_get(record)
   vs_w = diagnostics.flip_count_vs_magnitude(record, params,
                                              num_bins=FLIP_VS_W_BINS)
   out = {
       "arm": config.method, "seed": config.seed,
-      "config": _to_json(config.to_dict()),
+      "config": results.to_json(config.to_dict()),
       "history": history,
       "final": history[-1],
-      "flip_count_vs_abs_w": _to_json(vs_w),
+      "flip_count_vs_abs_w": results.to_json(vs_w),
       "flip_count_histogram": flip_histogram(record),
       "mean_flip_count": {
           k: float(np.mean(c)) for k, c in record.flip_count.items()},
@@ -311,7 +328,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
   parser.add_argument("--runs_dir", default="/tmp/ovsw_convergence",
                       help="checkpoints and finished runs (resumable)")
   parser.add_argument("--arms", default="vanilla,ags,sad,ovsw",
-                      help="comma-separated methods (train_lib methods)")
+                      help="comma-separated methods (config.method values)")
   parser.add_argument("--seeds", default="0,1")
   parser.add_argument("--epochs", type=int, default=4)
   parser.add_argument("--batch_size", type=int, default=128)
@@ -351,7 +368,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
                           log=lambda m: print(m, flush=True)))
   result = {
       "benchmark": "convergence",
-      "command": "python benchmarks/convergence.py " + " ".join(
+      "command": "python -m benchmarks.convergence " + " ".join(
           sys.argv[1:] if argv is None else argv),
       "model": "cresnet20_1w1a", "dataset": args.dataset,
       "epochs": args.epochs, "batch_size": args.batch_size,
@@ -366,10 +383,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
   print(json.dumps({"summary": result["summary"],
                     "missing_runs": missing}, indent=1))
   if args.out and runs:
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
-    plot(runs, out.with_suffix(".png"))
+    results.save_json(result, args.out, indent=1)
+    plot(runs, Path(args.out).with_suffix(".png"))
   return result
 
 

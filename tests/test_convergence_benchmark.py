@@ -5,16 +5,14 @@ shared by the tests; the resume test trains the ovsw arm once more, stopped
 after its first epoch and then resumed, and must reproduce that run exactly.
 """
 
-import importlib.util
 import json
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks import convergence
 
 OPTIONS = {"image_shape": [8, 8, 3], "num_classes": 10, "num_train": 128,
            "num_eval": 40}
@@ -25,17 +23,9 @@ ARMS = ("vanilla", "ovsw")
 TIMING_KEYS = ("train_seconds", "images_per_sec")
 
 
-def _load():
-  spec = importlib.util.spec_from_file_location(
-      "benchmark_convergence", ROOT / "benchmarks" / "convergence.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 @pytest.fixture(scope="module")
 def bench():
-  return _load()
+  return convergence
 
 
 def _config(bench, arm):
@@ -83,8 +73,8 @@ def study(bench, fast_compiles, tmp_path_factory):  # pylint: disable=unused-arg
 @pytest.fixture(scope="module")
 def num_binary_weights(bench):
   """Sizes of all latent kernels of cResNet20 summed, from its init shapes."""
-  from ovsw_jax import train_lib  # pylint: disable=g-import-not-at-top
-  model = train_lib.create_experiment(_config(bench, "vanilla")).model
+  from ovsw_jax.training import experiment  # pylint: disable=g-import-not-at-top
+  model = experiment.create_experiment(_config(bench, "vanilla")).model
   shapes = jax.eval_shape(
       lambda: model.init(jax.random.PRNGKey(0),
                          jnp.zeros((1, *OPTIONS["image_shape"])),
@@ -191,7 +181,7 @@ class _Interrupt(Exception):
 
 
 def test_resume_is_exact(bench, study, tmp_path):
-  from ovsw_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  from ovsw_jax.training import checkpointing  # pylint: disable=g-import-not-at-top
   arm = "ovsw"  # The arm with the most optimizer state to restore.
   run_dir = tmp_path / f"{arm}_s{SEED}"
   run_dir.mkdir()
