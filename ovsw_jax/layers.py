@@ -2,7 +2,7 @@
 
 The latent (float) weights of every binary layer are stored under the parameter
 name ``latent_kernel`` (`LATENT_KERNEL`), so that optimizer masks can find them
-from the parameter tree alone (see `ovsw_jax.transforms.binary_kernel_mask`).
+from the parameter tree alone (see `ovsw_jax.masks.binary_kernel_mask`).
 """
 
 from __future__ import annotations

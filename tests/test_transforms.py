@@ -385,18 +385,6 @@ def test_multisteps_ovsw_equals_ovsw_on_mean_gradient():
   assert set(sad_diagnostics(state)) == set(sad_diagnostics(ref_state))
 
 
-def test_binary_kernel_mask_on_dicts_and_frozendicts():
-  from flax.core import FrozenDict  # pylint: disable=g-import-not-at-top
-  tree = {"conv": {"latent_kernel": 1, "scale": 2}, "bn": {"bias": 3}}
-  want = {"conv": {"latent_kernel": True, "scale": False},
-          "bn": {"bias": False}}
-  assert binary_kernel_mask(tree) == want
-  assert binary_kernel_mask({"params": tree}) == {"params": want}
-  frozen = binary_kernel_mask(FrozenDict({"params": tree}))
-  assert isinstance(frozen, FrozenDict)
-  assert frozen.unfreeze() == {"params": want}
-
-
 # ---------------------------------------------------------------- bad input
 
 
