@@ -41,39 +41,17 @@ from ovsw_jax import bitpack
 from ovsw_jax import layers
 from ovsw_jax import models
 from ovsw_jax import packed as packed_lib
-from ovsw_jax import recu
 
 FLOAT_DTYPES = ("float16", "float32")
-_BINARY = (layers.BinaryConv, layers.BinaryDense, recu.ReCUConv)
+# ReCUConv and every other BinaryConv subclass included.
+_BINARY = (layers.BinaryConv, layers.BinaryDense)
 _FLOAT = (nn.Conv, nn.Dense)
-
-
-def _binary_signs_and_scale(module: nn.Module, params: Mapping[str, Any]
-                            ) -> tuple[np.ndarray, np.ndarray]:
-  """The +-1 weights and per-channel scale of a binary layer's eval forward."""
-  kernel = jnp.asarray(params[layers.LATENT_KERNEL], jnp.float32)
-  if isinstance(module, recu.ReCUConv):
-    # Clamping keeps signs, so the eval forward binarizes the standardised
-    # kernel (recu_weight with tau=None) and scales by alpha.
-    # Jitted, like the eval forward that computes it: a different rounding
-    # could move a weight equal to its channel mean across 0.
-    w = jax.jit(recu.recu_weight, static_argnums=1)(kernel, None)
-    scale = params["alpha"]
-  else:
-    w = kernel
-    # Computed by XLA as the jitted eval computes it, to the last bit
-    # (op-by-op execution rounds differently), so that the packed logits equal
-    # the eval's: in a BNN a last-bit change can flip a later sign.
-    scale = (params["scale"] if module.learnable_scale
-             else jax.jit(layers.standardized_weight_scale)(kernel))
-  signs = np.where(np.asarray(w) < 0, -1.0, 1.0).astype(np.float32)
-  return signs, np.asarray(scale, np.float32)
 
 
 def _resolve_padding(module, in_hw: Sequence[int]) -> list[list[int]]:
   ks = tuple(module.kernel_size)
   if module.padding is None:
-    return [[k // 2, k // 2] for k in ks]
+    return [list(p) for p in layers.torch_padding(ks)]
   if isinstance(module.padding, str):
     return [list(p) for p in lax.padtype_to_pads(
         tuple(in_hw), ks, tuple(module.strides), module.padding)]
@@ -228,7 +206,7 @@ def export_model(model: nn.Module, variables: Mapping[str, Any], *,
             "activations): it has no XNOR-popcount form; export supports "
             "1-bit activations only")
       p = _get(params, name)
-      signs, scale = _binary_signs_and_scale(module, p)
+      signs, scale = module.eval_signs_and_scale(p)
       bn_mul, bn_add = folded_affine(name, signs.shape[-1])
       entry = {"in_features": int(signs.shape[-2])}
       if signs.ndim == 4:
