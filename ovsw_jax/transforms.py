@@ -1,4 +1,4 @@
-"""OvSW's optax gradient transformations (SPEC sections 4-6).
+"""OvSW's optax gradient transformations (docs/semantics.md, sections 4-6).
 
 * `adaptive_gradient_scaling` (AGS): raises each output channel's gradient norm
   to at least ``delta`` times its weight norm; the mirror image of
@@ -272,7 +272,9 @@ def ovsw(
     mask: Optional[Mask] = None,
     weight_decay_mask: Optional[Mask] = None,
 ) -> optax.GradientTransformation:
-  """SGD with momentum, AGS and SAD: the optimizer of OvSW (SPEC section 6).
+  """SGD with momentum, AGS and SAD: the optimizer of OvSW.
+
+  docs/semantics.md, section 6; the paper's Algorithm 1.
 
   In the reference order::
 

@@ -1,4 +1,7 @@
-"""BinaryConv / BinaryDense against a NumPy model of SPEC section 2."""
+"""BinaryConv / BinaryDense against a NumPy model.
+
+The model is docs/semantics.md, section 2.
+"""
 
 import jax
 import jax.numpy as jnp

@@ -1,4 +1,7 @@
-"""The five models of SPEC section 3: sizes, building blocks, modes, options."""
+"""The five models: sizes, building blocks, modes, options.
+
+The architectures are those of docs/semantics.md, section 3.
+"""
 
 import functools
 

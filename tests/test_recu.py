@@ -1,4 +1,6 @@
-"""ReCUConv and its tau schedule against a NumPy float64 model (SPEC 8).
+"""ReCUConv and its tau schedule against a NumPy float64 model.
+
+The model is docs/semantics.md, section 8.
 
 The NumPy model includes a hand-derived backward pass (through the per-channel
 mean and std of the weights, the clamp, the STE, the activation estimator and
@@ -81,7 +83,7 @@ def np_conv_vjp(a, w, g, stride, pad):
 
 
 def np_recu(a, w, alpha, tau, g, stride, pad, train=True):
-  """Forward and gradients (a, w, alpha) of sum(out * g), SPEC section 8."""
+  """Forward and gradients (a, w, alpha) of sum(out * g), section 8."""
   w1 = np_w1(w)
   with np.errstate(divide="ignore"):  # tau = 1: Q = inf, no clamp
     q = -np.abs(w1).mean() * np.log(2 - 2 * tau)

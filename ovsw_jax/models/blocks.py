@@ -1,4 +1,4 @@
-"""Building blocks shared by the OvSW models (SPEC section 3).
+"""Building blocks shared by the OvSW models (docs/semantics.md, section 3).
 
 Everything here follows PyTorch's conventions where they differ from Flax's
 defaults, so that weights converted from the reference (`ovsw_jax.convert`)

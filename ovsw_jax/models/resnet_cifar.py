@@ -1,4 +1,6 @@
-"""Binary ResNets for CIFAR: cResNet20_1w1a and cResNet18_1w1a (SPEC section 3).
+"""Binary ResNets for CIFAR: cResNet20_1w1a and cResNet18_1w1a.
+
+The architectures are described in docs/semantics.md, section 3.
 
 Submodule names follow the reference's PyTorch ``state_dict`` with ``.``
 between a stage and a block index written ``_``:

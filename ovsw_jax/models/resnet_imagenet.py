@@ -1,4 +1,6 @@
-"""Binary ResNet-18/34 for ImageNet: ResNet18_1w1a, ResNet34_1w1a (SPEC 3).
+"""Binary ResNet-18/34 for ImageNet: ResNet18_1w1a, ResNet34_1w1a.
+
+The architecture is described in docs/semantics.md, section 3.
 
 Submodule names follow the reference's PyTorch ``state_dict``:
 

@@ -1,4 +1,4 @@
-"""VGGSmall_1w1a for CIFAR (SPEC section 3).
+"""VGGSmall_1w1a for CIFAR (docs/semantics.md, section 3).
 
 Submodule names are the reference's: ``conv0``/``bn0`` (float stem),
 ``conv1``..``conv5`` (binary), ``bn1``..``bn5``, ``nonlinear5`` (PReLU) and
