@@ -47,8 +47,8 @@ def parse_flags(argv: list[str]) -> list[str]:
   except (AttributeError, KeyError, ValueError, TypeError) as e:
     # config_flags applies --config.KEY=VALUE overrides while parsing and
     # raises a bare AttributeError/KeyError for an unknown KEY.
-    from configs import default  # pylint: disable=g-import-not-at-top
-    valid = sorted(default.get_config().keys())
+    from ovsw_jax.training import config as config_lib  # pylint: disable=g-import-not-at-top
+    valid = sorted(config_lib.CONFIG_KEYS)
     keys = [a.split("=", 1)[0][len("--config."):] for a in argv
             if a.startswith("--config.")]
     unknown = [k for k in keys if k.split(".", 1)[0] not in valid]
@@ -72,17 +72,16 @@ def main(argv):
     raise app.UsageError(f"Too many command-line arguments: {argv[1:]}")
   # Imported here so that --help stays fast and jax.distributed is set up
   # before anything initialises the JAX backends.
-  from ovsw_jax import checkpointing  # pylint: disable=g-import-not-at-top
   from ovsw_jax import data  # pylint: disable=g-import-not-at-top
-  from ovsw_jax import parallel  # pylint: disable=g-import-not-at-top
-  from ovsw_jax import train_lib  # pylint: disable=g-import-not-at-top
+  from ovsw_jax.training import checkpointing  # pylint: disable=g-import-not-at-top
+  from ovsw_jax.training import loop  # pylint: disable=g-import-not-at-top
+  from ovsw_jax.training import mesh  # pylint: disable=g-import-not-at-top
 
   checkpointing.quiet_orbax_logs()
-  parallel.initialize_distributed(FLAGS.coordinator_address,
-                                  FLAGS.num_processes, FLAGS.process_id,
-                                  auto=FLAGS.distributed_auto)
+  mesh.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
+                              FLAGS.process_id, auto=FLAGS.distributed_auto)
   try:
-    train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except (data.DataNotFoundError, ValueError, FloatingPointError,
           FileNotFoundError) as e:
     # Bad input, missing data, a diverged run: the message says what to do,

@@ -1,122 +1,22 @@
-"""Every training setting, documented in one flat place.
+"""The defaults every recipe starts from: `ovsw_jax.training.config`.
 
-Each recipe in this directory starts from `get_config()` here and changes a
-few fields. Override any field on the command line::
+Each recipe in this directory starts from `get_config()` and changes a few
+fields. Every field is documented, with its default, in
+ovsw_jax/training/config.py (`default_config`), the one place the valid keys
+are defined. Override any field on the command line::
 
-  python train.py --config=configs/cifar10_resnet20.py --workdir=/tmp/r20 \
-      --config.batch_size=128 \
+  python train.py --config=configs/cifar10_resnet20.py --workdir=/tmp/r20 \\
+      --config.batch_size=128 \\
       --config.dataset_options="{'image_shape': (16, 16, 3), 'num_train': 512}"
 
-(a dict-valued field such as dataset_options is replaced as a whole: its keys
-vary by dataset, so the defaults hold none).
-
-Unknown keys are rejected, with the list of valid ones (`train_lib` checks the
-loaded config against the fields below).
+Unknown keys are rejected, with the list of valid ones.
 """
 
 import ml_collections
-from ml_collections import config_dict
+
+from ovsw_jax.training import config as config_lib
 
 
 def get_config() -> ml_collections.ConfigDict:
   """The defaults: OvSW on CIFAR-10 with the reference's CIFAR recipe."""
-  config = ml_collections.ConfigDict()
-
-  # --- Model -----------------------------------------------------------------
-  # One of ovsw_jax.models.list_models(): cresnet20_1w1a, cresnet18_1w1a,
-  # vggsmall_1w1a, resnet18_1w1a, resnet34_1w1a.
-  config.model = "cresnet20_1w1a"
-  # Extra keyword arguments of ovsw_jax.models.get_model (e.g.
-  # activation_estimator, weight_estimator, learnable_scale).
-  config.model_options = ml_collections.ConfigDict()
-
-  # --- Data ------------------------------------------------------------------
-  # 'cifar10', 'cifar100', 'imagenet2012', 'tfds:<name>', 'synthetic' or
-  # 'digits' (sklearn's 8x8 digits upsampled to 16x16x1, no download).
-  config.dataset = "cifar10"
-  # Where the dataset lives; None: the data module's default (env
-  # OVSW_DATA_DIR, then its built-in locations).
-  config.data_dir = config_dict.placeholder(str)  # None, overridable.
-  # Extra options of the dataset, e.g. for 'synthetic': image_shape,
-  # num_classes, num_train, num_eval.
-  config.dataset_options = ml_collections.ConfigDict()
-  # Global batch size (all devices of all hosts); must divide by the device
-  # count.
-  config.batch_size = 256
-  # Global eval batch size; -1: batch_size. The last batch is padded and
-  # masked, so every eval image counts exactly once.
-  config.eval_batch_size = -1
-  # Batches prepared ahead of the device, and grain worker processes (0: in
-  # the main process).
-  config.prefetch = 2
-  config.worker_count = 0
-
-  # --- Method / optimizer ----------------------------------------------------
-  # '+'-joined parts applied to the gradient, in order, before weight decay
-  # and SGD: 'vanilla' (none), 'ags', 'sad', 'ovsw' (= 'ags+sad', the
-  # reference's order), 'lars' (LARS's layer-wise trust ratio in AGS's
-  # place). AGS, SAD and LARS act on the binary latent kernels only. Peers:
-  # 'bop' (Bop flips binary kernels; wd + SGD on the float params) and
-  # 'recu' (ReCU binary convs, tau set per epoch). Combine freely, e.g.
-  # 'recu+ovsw', 'recu+ags', 'recu+sad', 'lars+sad'.
-  config.method = "ovsw"
-  config.momentum = 0.9           # SGD momentum (no Nesterov)
-  config.weight_decay = 5e-4
-  # False: no weight decay on 1-D params (BatchNorm, biases, PReLU): the
-  # ImageNet recipe.
-  config.weight_decay_on_1d = True
-  config.delta = 0.04             # AGS: min ||g||/||w|| per output channel
-  config.dampen_weight = 9e-4     # SAD: extra decay (lambda) of silent weights
-  config.track_momentum = 0.999   # SAD: flip-tracker momentum m
-  config.track_threshold = 1e-4   # SAD: silent if tracker < tau
-  # 'lars': each binary kernel's gradient is rescaled to this times its
-  # weight norm (||g|| = c * ||w||, per layer). 0.04 matches AGS's CIFAR delta
-  # (a floor on the same ratio, per channel).
-  config.lars_trust_coefficient = 0.04
-  # 'bop' (Helwegen et al. 2019; larq's defaults): flip a binary weight when
-  # its gradient EMA m exceeds bop_threshold in magnitude and agrees in sign
-  # with it; m <- (1 - bop_gamma) m + bop_gamma g.
-  config.bop_threshold = 1e-8
-  config.bop_gamma = 1e-4
-  # 'recu' (Xu et al. 2021): the clamp quantile tau goes from recu_tau_min at
-  # epoch 0 to recu_tau_max at the last epoch, A*exp(e/E) + B, set per epoch.
-  config.recu_tau_min = 0.85
-  config.recu_tau_max = 0.99
-
-  # --- Schedule --------------------------------------------------------------
-  config.learning_rate = 0.1      # peak learning rate
-  config.num_epochs = 600         # the paper's CIFAR length
-  # Total steps; -1: num_epochs * steps_per_epoch. When set, the cosine phase
-  # ends at this step (num_epochs is then num_train_steps / steps_per_epoch).
-  config.num_train_steps = -1
-  config.warmup_epochs = 5
-  # 'epoch': the reference's per-epoch staircase, lr*(e+1)/W for e < W, then
-  # 0.5*(1+cos(pi*(e-W)/(E-W)))*lr + cosine_lr_offset. 'step': the same curve
-  # evaluated at fractional epochs (smooth, per step).
-  config.lr_schedule_granularity = "epoch"
-  config.cosine_lr_offset = 1e-5  # added in the cosine phase (reference)
-
-  # --- Run -------------------------------------------------------------------
-  config.seed = 0
-  # bfloat16 compute; params, optimizer state and the loss stay float32.
-  config.half_precision = False
-  # The CPU fast path: compile the train and eval steps with
-  # ovsw_jax.parallel.CPU_COMPILER_OPTIONS (XLA's own convolutions, YNNPACK's
-  # reductions) and let the binary convs read their +-1 operands in bfloat16
-  # (exact). False: XLA's defaults and float32 operands. No effect on GPU/TPU.
-  config.cpu_fast_path = True
-  config.log_every_steps = 100
-  # Per-layer sign-flip rate between two measurements every this many steps;
-  # -1: log_every_steps, 0: off.
-  config.flip_stats_every_steps = -1
-  # -1: once per epoch; 0: only after evals and at the end.
-  config.checkpoint_every_steps = -1
-  config.keep_checkpoints = 3     # latest kept, plus the best by eval top-1
-  config.async_checkpointing = True
-  config.eval_every_epochs = 1    # 0: only at the end
-  # Evaluate a checkpoint instead of training: 'latest' or 'best' one.
-  config.eval_only = False
-  config.eval_checkpoint = "latest"
-  config.progress_bar = True      # tqdm bar per epoch (process 0 only)
-
-  return config
+  return config_lib.default_config()

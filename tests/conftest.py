@@ -1,13 +1,10 @@
 """Fixtures shared by several test modules."""
 
 import os
-import sys
 
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-  sys.path.insert(0, REPO)  # For `configs`, a plain directory of the repo.
 
 CIFAR_DIR = os.environ.get("OVSW_DATA_DIR") or os.path.join(
     os.path.dirname(REPO), "shared", "data")
@@ -30,10 +27,10 @@ def cifar10_run(tmp_path_factory):
   takes some 100 more steps with the recipe's constant first-epoch lr).
 
   Returns:
-    ``(config, workdir, result)`` of `train_lib.train_and_evaluate`.
+    ``(config, workdir, result)`` of `loop.train_and_evaluate`.
   """
   from configs import default  # pylint: disable=g-import-not-at-top
-  from ovsw_jax import train_lib  # pylint: disable=g-import-not-at-top
+  from ovsw_jax.training import loop  # pylint: disable=g-import-not-at-top
   data_dir = require_cifar10()
   workdir = str(tmp_path_factory.mktemp("cifar10_run"))
   config = default.get_config()
@@ -45,5 +42,5 @@ def cifar10_run(tmp_path_factory):
       "lr_schedule_granularity": "step", "log_every_steps": 50,
       "checkpoint_every_steps": 0, "eval_every_epochs": 0,
       "flip_stats_every_steps": 0, "progress_bar": False})
-  result = train_lib.train_and_evaluate(config, workdir)
+  result = loop.train_and_evaluate(config, workdir)
   return config, workdir, result

@@ -1,4 +1,4 @@
-"""The CPU fast path (`parallel.CPU_COMPILER_OPTIONS`) against XLA's defaults.
+"""The CPU fast path (`fast_path_lib.CPU_COMPILER_OPTIONS`) against XLA's defaults.
 
 The fast path only changes how XLA:CPU compiles the same step (which library
 runs the convolutions and reductions), so both must train alike: the binary
@@ -13,7 +13,13 @@ import numpy as np
 import pytest
 
 from configs import default
-from ovsw_jax import data, parallel, train_lib
+from ovsw_jax import data
+from ovsw_jax.training import cpu_fast_path as fast_path_lib  # pylint: disable=wrong-import-position
+from ovsw_jax.training import experiment as experiment_lib  # pylint: disable=wrong-import-position
+from ovsw_jax.training import mesh as mesh_lib  # pylint: disable=wrong-import-position
+from ovsw_jax.training import methods  # pylint: disable=wrong-import-position
+from ovsw_jax.training import state as state_lib  # pylint: disable=wrong-import-position
+from ovsw_jax.training import steps as steps_lib  # pylint: disable=wrong-import-position
 
 SMALL = {
     "model": "cresnet20_1w1a",
@@ -39,39 +45,39 @@ def _fake_mesh(platform):
 
 
 def test_options_are_chosen_per_backend():
-  mesh = parallel.create_mesh()
+  mesh = mesh_lib.create_mesh()
   assert mesh.devices.flat[0].platform == "cpu"
-  assert parallel.compiler_options(mesh) == parallel.CPU_COMPILER_OPTIONS
+  assert fast_path_lib.compiler_options(mesh) == fast_path_lib.CPU_COMPILER_OPTIONS
   # A copy: callers cannot change the module's options by accident.
-  assert parallel.compiler_options(mesh) is not parallel.CPU_COMPILER_OPTIONS
-  assert parallel.compiler_options(mesh, cpu_fast_path=False) is None
+  assert fast_path_lib.compiler_options(mesh) is not fast_path_lib.CPU_COMPILER_OPTIONS
+  assert fast_path_lib.compiler_options(mesh, cpu_fast_path=False) is None
   for platform in ("gpu", "cuda", "rocm", "tpu"):
-    assert parallel.compiler_options(_fake_mesh(platform)) is None
+    assert fast_path_lib.compiler_options(_fake_mesh(platform)) is None
 
 
 def test_rejected_options_fall_back_to_defaults(monkeypatch, caplog):
   # A jaxlib that renamed the experimental option must not break training.
-  monkeypatch.setattr(parallel, "CPU_COMPILER_OPTIONS",
+  monkeypatch.setattr(fast_path_lib, "CPU_COMPILER_OPTIONS",
                       {"xla_cpu_no_such_option_exists": "1"})
-  parallel._cpu_options_supported.cache_clear()
+  fast_path_lib._cpu_options_supported.cache_clear()
   try:
-    assert parallel.compiler_options(parallel.create_mesh()) is None
+    assert fast_path_lib.compiler_options(mesh_lib.create_mesh()) is None
   finally:
-    parallel._cpu_options_supported.cache_clear()
+    fast_path_lib._cpu_options_supported.cache_clear()
   assert "xla_cpu_no_such_option_exists" in caplog.text
 
 
 def _run_steps(cpu_fast_path, steps=3):
   config = _config(cpu_fast_path=cpu_fast_path)
-  exp = train_lib.create_experiment(config)
-  mesh = parallel.create_mesh()
-  state = train_lib.create_train_state(exp.model, exp.tx,
+  exp = experiment_lib.create_experiment(config)
+  mesh = mesh_lib.create_mesh()
+  state = state_lib.create_train_state(exp.model, exp.tx,
                                        exp.info.image_shape, 0, mesh)
-  step = train_lib.jit_train_step(exp.learning_rate_fn, mesh, cpu_fast_path)
+  step = steps_lib.jit_train_step(exp.learning_rate_fn, mesh, cpu_fast_path)
   batches = data.create_train_iterator("synthetic", None, config.batch_size,
                                        0, prefetch=0,
                                        **config.dataset_options)
-  first = parallel.shard_batch(next(batches), mesh)
+  first = mesh_lib.shard_batch(next(batches), mesh)
   hlo = step.lower(state, first).compile().as_text()
   # Eval-mode logits of the initial model on the first batch (binary
   # convolutions only see +-1, so their outputs are integers times a scale).
@@ -81,14 +87,14 @@ def _run_steps(cpu_fast_path, steps=3):
   logits_fn = jax.jit(
       lambda s, x: exp.model.apply(
           {"params": s.params, "batch_stats": s.batch_stats}, x, train=False),
-      compiler_options=parallel.compiler_options(mesh, cpu_fast_path))
+      compiler_options=fast_path_lib.compiler_options(mesh, cpu_fast_path))
   logits0_jit = logits_fn(state, first["image"])
   losses = []
   batch = first
   for _ in range(steps):
     state, metrics = step(state, batch)
     losses.append(float(metrics["loss"]))
-    batch = parallel.shard_batch(next(batches), mesh)
+    batch = mesh_lib.shard_batch(next(batches), mesh)
   return {"hlo": hlo, "losses": losses,
           "params": jax.device_get(state.params),
           "batch_stats": jax.device_get(state.batch_stats),
@@ -160,20 +166,20 @@ def test_bfloat16_operands_give_the_float32_conv_bit_for_bit(strides):
 
 def test_trainer_narrows_only_exact_binary_convs(monkeypatch):
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  model = train_lib.create_model(_config(), 10)
+  model = methods.create_model(_config(), 10)
   assert model.binary_operand_dtype == jnp.bfloat16
-  assert train_lib.create_model(
+  assert methods.create_model(
       _config(cpu_fast_path=False), 10).binary_operand_dtype is None
   # ReCU's conv is not a BinaryConv: left alone.
-  assert train_lib.create_model(_config(method="recu"), 10
+  assert methods.create_model(_config(method="recu"), 10
                                 ).binary_operand_dtype is None
   # A custom estimator may not be +-1: left alone.
   custom = _config()
   custom.model_options = {"activation_estimator": lambda x: x}
-  assert train_lib.create_model(custom, 10).binary_operand_dtype is None
+  assert methods.create_model(custom, 10).binary_operand_dtype is None
   # Other backends compile with the portable defaults.
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-  assert train_lib.create_model(_config(), 10).binary_operand_dtype is None
+  assert methods.create_model(_config(), 10).binary_operand_dtype is None
 
 
 def test_configs_saved_before_the_fast_path_still_build_models():
@@ -181,4 +187,4 @@ def test_configs_saved_before_the_fast_path_still_build_models():
   # exporting it must still work (and takes the fast path's default).
   config = _config()
   del config["cpu_fast_path"]
-  assert train_lib.create_model(config, 10).binary_operand_dtype is not None
+  assert methods.create_model(config, 10).binary_operand_dtype is not None

@@ -7,7 +7,6 @@ short. The optimizers are also checked numerically on small hand-made trees.
 
 import math
 import os
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -16,15 +15,18 @@ import optax
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-  sys.path.insert(0, REPO)  # For `configs`, a plain directory of the repo.
 
 from configs import default  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ovsw_jax import data  # pylint: disable=wrong-import-position
 from ovsw_jax import layers  # pylint: disable=wrong-import-position
-from ovsw_jax import parallel  # pylint: disable=wrong-import-position
 from ovsw_jax import recu  # pylint: disable=wrong-import-position
-from ovsw_jax import train_lib  # pylint: disable=wrong-import-position
+from ovsw_jax.training import experiment as experiment_lib  # pylint: disable=wrong-import-position
+from ovsw_jax.training import loop  # pylint: disable=wrong-import-position
+from ovsw_jax.training import mesh as mesh_lib  # pylint: disable=wrong-import-position
+from ovsw_jax.training import methods  # pylint: disable=wrong-import-position
+from ovsw_jax.training import metrics_io  # pylint: disable=wrong-import-position
+from ovsw_jax.training import state as state_lib  # pylint: disable=wrong-import-position
+from ovsw_jax.training import steps as steps_lib  # pylint: disable=wrong-import-position
 from ovsw_jax import transforms  # pylint: disable=wrong-import-position
 
 SMALL = {
@@ -68,33 +70,33 @@ def float32(x):
 
 
 def test_parts_of_the_new_methods():
-  parts = {m: train_lib.method_parts(m) for m in (
+  parts = {m: methods.method_parts(m) for m in (
       "recu", "bop", "lars", "recu+ovsw", "recu+ags", "recu+sad",
       "lars+sad")}
   assert parts["recu+ovsw"] == ["recu", "ags", "sad"]
   assert parts["lars+sad"] == ["lars", "sad"]
   assert parts["bop"] == ["bop"]
   with pytest.raises(ValueError, match="several optimizers"):
-    train_lib.method_parts("bop+sgd")
+    methods.method_parts("bop+sgd")
   with pytest.raises(ValueError, match="applies 'recu' twice"):
-    train_lib.method_parts("recu+recu")
+    methods.method_parts("recu+recu")
 
 
 @pytest.mark.parametrize("method", ["recu+ags", "recu+sad", "recu+ovsw"])
 def test_recu_changes_the_model_and_nothing_else(method):
   config = small_config(method=method, recu_tau_min=0.9)
-  model = train_lib.create_model(config, 10)
+  model = methods.create_model(config, 10)
   assert model.conv.func is recu.ReCUConv
   assert model.conv.keywords == {"tau_init": 0.9}
   without = small_config(method=method.replace("recu+", ""))
-  assert train_lib.create_model(without, 10).conv is layers.BinaryConv
+  assert methods.create_model(without, 10).conv is layers.BinaryConv
   # The optimizer of 'recu+X' is the one of 'X'.
   params = {"c": {layers.LATENT_KERNEL: jnp.arange(-6.0, 6.0).reshape(3, 4)},
             "bn": {"scale": jnp.ones((4,))}}
   grads = jax.tree.map(lambda x: 1e-3 * jnp.cos(x), params)
   lr_fn = lambda _: 0.1
-  got = train_lib.create_optimizer(config, lr_fn)
-  want = train_lib.create_optimizer(without, lr_fn)
+  got = methods.create_optimizer(config, lr_fn)
+  want = methods.create_optimizer(without, lr_fn)
   (u_got, s_got), (u_want, s_want) = (
       got.update(grads, got.init(params), params),
       want.update(grads, want.init(params), params))
@@ -105,7 +107,7 @@ def test_recu_changes_the_model_and_nothing_else(method):
   config.model_options = {"conv": layers.BinaryConv}
   with pytest.raises(ValueError, match=r"part 'recu' sets the model option"
                      r"\(s\) \['conv'\]"):
-    train_lib.create_model(config, 10)
+    methods.create_model(config, 10)
 
 
 @pytest.mark.parametrize("key,value,expected", [
@@ -119,7 +121,7 @@ def test_bad_values_of_the_new_fields(key, value, expected):
   config = small_config(**{key: value})
   with pytest.raises(ValueError, match=rf"config.{key}={value!r}: expected "
                      rf"{expected}"):
-    train_lib.validate_config(config)
+    experiment_lib.validate_config(config)
 
 
 # ---------------------------------------------------------------------------
@@ -147,7 +149,7 @@ def test_lars_matches_the_trust_ratio_formula():
   lr, wd, tc, mom = 0.1, 5e-4, 0.04, 0.9
   config = small_config(method="lars", weight_decay=wd,
                         lars_trust_coefficient=tc, momentum=mom)
-  tx = train_lib.create_optimizer(config, lambda _: lr)
+  tx = methods.create_optimizer(config, lambda _: lr)
   state = tx.init(params)
   trace = jax.tree.map(np.zeros_like, params)
   for _ in range(2):
@@ -172,7 +174,7 @@ def test_bop_method_flips_binary_kernels_and_sgd_moves_the_rest():
   lr, wd, threshold, gamma = 0.1, 5e-4, 5e-2, 0.1
   config = small_config(method="bop", weight_decay=wd,
                         bop_threshold=threshold, bop_gamma=gamma)
-  tx = train_lib.create_optimizer(config, lambda _: lr)
+  tx = methods.create_optimizer(config, lambda _: lr)
   updates, _ = tx.update(grads, tx.init(params), params)
   new = optax.apply_updates(params, updates)
   for name in ("conv", "dense"):
@@ -188,19 +190,19 @@ def test_bop_method_flips_binary_kernels_and_sgd_moves_the_rest():
 
 
 # ---------------------------------------------------------------------------
-# End to end through train_lib
+# End to end through the training loop
 # ---------------------------------------------------------------------------
 
 
 def _initial_state(exp, config, mesh):
   """A TrainState of the experiment's structure with random values.
 
-  `train_lib.create_train_state` compiles the model's init (many seconds on
+  `state_lib.create_train_state` compiles the model's init (many seconds on
   a loaded CPU); the method tests need only some starting point, so this
-  fills `train_lib.abstract_train_state`'s structure from NumPy instead
+  fills `state_lib.abstract_train_state`'s structure from NumPy instead
   (`test_recu_ovsw_end_to_end_checkpoints_tau` runs the real one).
   """
-  abstract = train_lib.abstract_train_state(
+  abstract = state_lib.abstract_train_state(
       exp.model, exp.tx, exp.info.image_shape, config.seed, mesh,
       exp.model_state_fn)
   rng = np.random.default_rng(config.seed)
@@ -227,23 +229,23 @@ def _initial_state(exp, config, mesh):
       opt_state=exp.tx.init(params), step=jnp.zeros([], jnp.int32),
       rng=jax.random.PRNGKey(config.seed))
   # All replicated, as the step returns it (else step 2 would recompile).
-  return jax.device_put(state, parallel.replicated(mesh))
+  return jax.device_put(state, mesh_lib.replicated(mesh))
 
 
 def _train(method, steps=3, **overrides):
   """``steps`` jitted train steps of ``method``; the states and metrics."""
   config = small_config(method=method, **overrides)
-  exp = train_lib.create_experiment(config)
-  mesh = parallel.create_mesh(jax.devices()[:1])
+  exp = experiment_lib.create_experiment(config)
+  mesh = mesh_lib.create_mesh(jax.devices()[:1])
   state = _initial_state(exp, config, mesh)
   initial = jax.device_get(state)
-  step = train_lib.jit_train_step(exp.learning_rate_fn, mesh)
+  step = steps_lib.jit_train_step(exp.learning_rate_fn, mesh)
   batches = data.create_train_iterator(
       config.dataset, None, config.batch_size, config.seed, prefetch=0,
       **config.dataset_options)
   states, metrics = [initial], []
   for _ in range(steps):
-    state, m = step(state, parallel.shard_batch(next(batches), mesh))
+    state, m = step(state, mesh_lib.shard_batch(next(batches), mesh))
     states.append(jax.device_get(state))
     metrics.append(jax.device_get(m))
   return exp, states, metrics
@@ -309,16 +311,16 @@ def test_recu_ovsw_end_to_end_checkpoints_tau(tmp_path):
       method="recu+ovsw", num_epochs=2, checkpoint_every_steps=1,
       dataset_options={"image_shape": (16, 16, 3), "num_train": 8,
                        "num_eval": 8})
-  summary = train_lib.train_and_evaluate(config, str(tmp_path))
+  summary = loop.train_and_evaluate(config, str(tmp_path))
   assert summary["step"] == 2 and math.isfinite(summary["train_loss"])
-  records = [r for r in train_lib.read_metrics(str(tmp_path))
+  records = [r for r in metrics_io.read_metrics(str(tmp_path))
              if "train_loss" in r]
   assert [r["step"] for r in records] == [1, 2]
   for r, epoch in zip(records, (0, 1)):
     assert r["recu_tau"] == pytest.approx(recu.recu_tau(epoch, 2), rel=1e-6)
     assert 0 < r["silent_fraction"] <= 1 and r["ags_ratio"] > 0
   for step, epoch in ((1, 0), (2, 1)):
-    state, got = train_lib.load_checkpoint(config, str(tmp_path), step)
+    state, got = loop.load_checkpoint(config, str(tmp_path), step)
     assert got == step
     taus = jax.tree.leaves(state.model_state[recu.TAU_COLLECTION])
     np.testing.assert_allclose(taus, float32(recu.recu_tau(epoch, 2)),

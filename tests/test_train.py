@@ -1,4 +1,4 @@
-"""Tests of the training system: train_lib, parallel, checkpointing, train.py.
+"""Tests of the training system: ovsw_jax.training and train.py.
 
 Most runs use synthetic 8x8 images and a cResNet20 cut to one block per stage
 (model_options stage_sizes=(1, 1, 1)) so that compiling stays short. Runs that
@@ -27,11 +27,19 @@ import optax
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-  sys.path.insert(0, REPO)  # For `configs`, a plain directory of the repo.
 
 from configs import default  # pylint: disable=wrong-import-position
-from ovsw_jax import train_lib  # pylint: disable=wrong-import-position
+from ovsw_jax.training import checkpointing  # pylint: disable=wrong-import-position
+from ovsw_jax.training import config as config_lib  # pylint: disable=wrong-import-position
+from ovsw_jax.training import experiment as experiment_lib  # pylint: disable=wrong-import-position
+from ovsw_jax.training import loop  # pylint: disable=wrong-import-position
+from ovsw_jax.training import mesh as mesh_lib  # pylint: disable=wrong-import-position
+from ovsw_jax.training import methods  # pylint: disable=wrong-import-position
+from ovsw_jax.training import metrics_io  # pylint: disable=wrong-import-position
+from ovsw_jax.training import schedules  # pylint: disable=wrong-import-position
+from ovsw_jax.training import state as state_lib  # pylint: disable=wrong-import-position
+from ovsw_jax.training import steps as steps_lib  # pylint: disable=wrong-import-position
+from ovsw_jax.training import workdir as workdir_lib  # pylint: disable=wrong-import-position
 from ovsw_jax import transforms  # pylint: disable=wrong-import-position
 
 RECIPES = ("cifar10_resnet20", "cifar10_resnet18", "cifar10_vggsmall",
@@ -106,7 +114,7 @@ def run_python(code, env, timeout=300):
 
 
 def all_leaves(state):
-  items = train_lib.checkpoint_items(state)
+  items = state_lib.checkpoint_items(state)
   return jax.tree_util.tree_flatten_with_path(jax.device_get(items))[0]
 
 
@@ -116,9 +124,9 @@ def all_leaves(state):
 
 
 def test_default_config_has_exactly_the_known_keys():
-  assert set(default.get_config().keys()) == train_lib.CONFIG_KEYS
+  assert set(default.get_config().keys()) == config_lib.CONFIG_KEYS
   for name in RECIPES:
-    train_lib.validate_config(load_recipe(name))
+    experiment_lib.validate_config(load_recipe(name))
 
 
 def test_unknown_config_key_is_rejected_with_valid_names():
@@ -126,11 +134,11 @@ def test_unknown_config_key_is_rejected_with_valid_names():
   config.lerning_rate = 0.1
   with pytest.raises(ValueError, match=r"unknown config key 'lerning_rate'; "
                      r"valid keys: .*\blearning_rate\b"):
-    train_lib.validate_config(config)
+    experiment_lib.validate_config(config)
   config = default.get_config()
   config.method = "ovsw+agss"
   with pytest.raises(ValueError, match=r"unknown method part 'agss'.*'ags'"):
-    train_lib.validate_config(config)
+    experiment_lib.validate_config(config)
 
 
 def test_unknown_override_on_the_command_line(tmp_path, compile_cache):
@@ -160,7 +168,7 @@ def reference_lr(epoch, lr=0.1, warmup=5, epochs=600):
 def test_lr_schedule_per_epoch_matches_the_reference_formula():
   config = load_recipe("cifar10_resnet20")
   spe = 195  # CIFAR-10 at batch 256.
-  fn = train_lib.create_learning_rate_fn(config, spe)
+  fn = schedules.create_learning_rate_fn(config, spe)
   for step in (0, 1, 194, 195, 390, 4 * spe + 7, 5 * spe - 1, 5 * spe,
                5 * spe + 194, 100 * spe + 3, 302 * spe, 599 * spe + 194):
     epoch = step // spe
@@ -170,7 +178,7 @@ def test_lr_schedule_per_epoch_matches_the_reference_formula():
   assert float(fn(5 * spe)) == float(fn(5 * spe + 194))
   # num_train_steps sets the end of the cosine: E = steps / spe.
   config.num_train_steps = 20 * spe
-  fn = train_lib.create_learning_rate_fn(config, spe)
+  fn = schedules.create_learning_rate_fn(config, spe)
   np.testing.assert_allclose(float(fn(12 * spe)), reference_lr(12, epochs=20),
                              rtol=2e-6)
 
@@ -179,7 +187,7 @@ def test_lr_schedule_per_step():
   config = load_recipe("cifar10_resnet20")
   config.lr_schedule_granularity = "step"
   spe = 10
-  fn = train_lib.create_learning_rate_fn(config, spe)
+  fn = schedules.create_learning_rate_fn(config, spe)
   for step in (0, 7, 49):  # warmup: lr * (s + 1) / (W * spe)
     np.testing.assert_allclose(float(fn(step)), 0.1 * (step + 1) / 50,
                                rtol=2e-6)
@@ -219,17 +227,17 @@ def _grads(params, n=3):
 
 def test_ovsw_method_is_transforms_ovsw():
   config = default.get_config()
-  lr = train_lib.create_learning_rate_fn(tiny_config(), 8)
+  lr = schedules.create_learning_rate_fn(tiny_config(), 8)
   params = _toy_params()
   grads = _grads(params)
-  ours = _run(train_lib.create_optimizer(config, lr), params, grads)
+  ours = _run(methods.create_optimizer(config, lr), params, grads)
   ref = _run(transforms.ovsw(lr, mask=transforms.binary_kernel_mask),
              params, grads)
   for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref)):
     np.testing.assert_array_equal(a, b)
   # 'ags+sad' is the same chain as 'ovsw'.
   config.method = "ags+sad"
-  same = _run(train_lib.create_optimizer(config, lr), params, grads)
+  same = _run(methods.create_optimizer(config, lr), params, grads)
   for a, b in zip(jax.tree.leaves(same), jax.tree.leaves(ref)):
     np.testing.assert_array_equal(a, b)
 
@@ -241,14 +249,14 @@ def test_vanilla_method_and_weight_decay_mask():
   lr = 0.1
   params = _toy_params()
   (g,) = _grads(params, 1)
-  new = _run(train_lib.create_optimizer(config, lambda s: lr), params, [g])
+  new = _run(methods.create_optimizer(config, lambda s: lr), params, [g])
   # One SGD step from a zero momentum buffer: w - lr * (g + wd * w).
   for w, gw, nw in zip(jax.tree.leaves(params), jax.tree.leaves(g),
                        jax.tree.leaves(new)):
     np.testing.assert_allclose(nw, w - lr * (gw + 1e-2 * w), rtol=1e-6,
                                atol=1e-7)
   config.weight_decay_on_1d = False
-  new = _run(train_lib.create_optimizer(config, lambda s: lr), params, [g])
+  new = _run(methods.create_optimizer(config, lambda s: lr), params, [g])
   np.testing.assert_allclose(new["bn"]["scale"],
                              params["bn"]["scale"] - lr * g["bn"]["scale"],
                              rtol=1e-6)
@@ -265,7 +273,7 @@ def test_ags_only_touches_binary_kernels():
   config.weight_decay = 0.0
   params = _toy_params()
   (g,) = _grads(params, 1)
-  new = _run(train_lib.create_optimizer(config, lambda s: 1.0), params, [g])
+  new = _run(methods.create_optimizer(config, lambda s: 1.0), params, [g])
   # Float leaves: plain SGD (g is small, AGS would have scaled it up).
   np.testing.assert_allclose(new["fc"]["kernel"],
                              params["fc"]["kernel"] - g["fc"]["kernel"],
@@ -293,21 +301,24 @@ def test_four_devices_match_one_device(compile_cache):
       import json
       import jax, numpy as np
       from configs import default
-      from ovsw_jax import data, parallel, train_lib
+      from ovsw_jax import data
+      from ovsw_jax.training import experiment as experiment_lib, loop
+      from ovsw_jax.training import mesh as mesh_lib, state as state_lib
+      from ovsw_jax.training import steps as steps_lib
       config = default.get_config()
       config.update({{**{TINY!r}, **{EQUIV!r}}})
-      exp = train_lib.create_experiment(config)
+      exp = experiment_lib.create_experiment(config)
       out = {{}}
       for n in (1, 4):
-        mesh = parallel.create_mesh(jax.devices()[:n])
-        state = train_lib.create_train_state(exp.model, exp.tx,
+        mesh = mesh_lib.create_mesh(jax.devices()[:n])
+        state = state_lib.create_train_state(exp.model, exp.tx,
                                              exp.info.image_shape, 0, mesh)
-        step = train_lib.jit_train_step(exp.learning_rate_fn, mesh)
+        step = steps_lib.jit_train_step(exp.learning_rate_fn, mesh)
         batches = data.create_train_iterator(
             "synthetic", None, 16, 0, prefetch=0, **config.dataset_options)
         losses = []
         for _ in range(5):
-          state, metrics = step(state, parallel.shard_batch(next(batches),
+          state, metrics = step(state, mesh_lib.shard_batch(next(batches),
                                                             mesh))
           losses.append(float(metrics["loss"]))
         out[n] = (losses, jax.device_get(state.params),
@@ -316,8 +327,8 @@ def test_four_devices_match_one_device(compile_cache):
           jax.tree.leaves(out[1][1]), jax.tree.leaves(out[4][1])))
       try:
         config.batch_size = 6
-        train_lib.train_and_evaluate(config, "/nonexistent",
-                                     mesh=parallel.create_mesh())
+        loop.train_and_evaluate(config, "/nonexistent",
+                                     mesh=mesh_lib.create_mesh())
         error = ""
       except ValueError as e:
         error = str(e)
@@ -353,21 +364,23 @@ def test_two_processes_match_one_process(tmp_path, compile_cache):
           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
       for i in range(2)]
   config = tiny_config(**overrides)
-  reference = train_lib.train_and_evaluate(config, str(tmp_path / "single"))
+  reference = loop.train_and_evaluate(config, str(tmp_path / "single"))
   outputs = [p.communicate(timeout=400)[0] for p in procs]
   for p, out in zip(procs, outputs):
     assert p.returncode == 0, out[-4000:]
   assert "process 1 of 2, 2 local / 4 global devices" in outputs[1]
 
-  single, _ = train_lib.load_checkpoint(config, tmp_path / "single")
-  multi, step = train_lib.load_checkpoint(config, tmp_path / "multi")
+  single, _ = loop.load_checkpoint(config, tmp_path / "single")
+  multi, step = loop.load_checkpoint(config, tmp_path / "multi")
   assert step == 5
   for (path, a), (_, b) in zip(all_leaves(single), all_leaves(multi)):
     if np.issubdtype(a.dtype, np.floating):
-      np.testing.assert_allclose(a, b, atol=1e-5, rtol=0, err_msg=str(path))
+      # rtol: BatchNorm variances reach ~100, where float32 sums reduced in
+      # another order differ by an ulp (1.5e-5 at 73 measured on a Zen 3).
+      np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-6, err_msg=str(path))
     else:
       np.testing.assert_array_equal(a, b, err_msg=str(path))
-  multi_eval = train_lib.read_metrics(tmp_path / "multi")[-1]
+  multi_eval = metrics_io.read_metrics(tmp_path / "multi")[-1]
   assert multi_eval["eval_count"] == reference["eval_count"] == 20
   np.testing.assert_allclose(multi_eval["eval_loss"], reference["eval_loss"],
                              atol=1e-4)
@@ -385,7 +398,6 @@ def _committed_steps(workdir):
 
 
 def test_checkpoints_keep_the_latest_and_the_best(tmp_path):
-  from ovsw_jax import checkpointing  # pylint: disable=g-import-not-at-top
   manager = checkpointing.create_manager(tmp_path, keep=2)
   tree = {"w": jnp.arange(3.0), "step": jnp.int32(0)}
   top1 = {1: 0.5, 2: 0.9, 3: 0.2, 4: None, 5: 0.3}
@@ -436,14 +448,14 @@ def test_sigkill_and_restart_ends_bitwise_equal(tmp_path, compile_cache):
   assert straight.returncode == 0, err[-4000:]
 
   config = tiny_config(**overrides)
-  a, step_a = train_lib.load_checkpoint(config, tmp_path / "straight")
-  b, step_b = train_lib.load_checkpoint(config, killed_dir)
+  a, step_a = loop.load_checkpoint(config, tmp_path / "straight")
+  b, step_b = loop.load_checkpoint(config, killed_dir)
   assert step_a == step_b == 80
   for (path, x), (_, y) in zip(all_leaves(a), all_leaves(b)):
     np.testing.assert_array_equal(x, y, err_msg=str(path))
   # metrics.jsonl was rewound to the checkpoint, so it reads as one run.
   logs = [[(r["step"], r.get("train_loss")) for r in
-           train_lib.read_metrics(d)] for d in (tmp_path / "straight",
+           metrics_io.read_metrics(d)] for d in (tmp_path / "straight",
                                                 killed_dir)]
   assert logs[0] == logs[1]
 
@@ -456,9 +468,9 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, caplog):
   config = tiny_config(num_train_steps=4, checkpoint_every_steps=2,
                        log_every_steps=2, keep_checkpoints=3)
   workdir = str(tmp_path)
-  train_lib.train_and_evaluate(config, workdir)
+  loop.train_and_evaluate(config, workdir)
   assert _committed_steps(workdir) == [2, 4]
-  original, _ = train_lib.load_checkpoint(config, workdir)
+  original, _ = loop.load_checkpoint(config, workdir)
   files = [p for p in glob.glob(os.path.join(workdir, "checkpoints", "4",
                                              "state", "**", "*"),
                                 recursive=True)
@@ -469,18 +481,18 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, caplog):
       f.truncate(3)
 
   with caplog.at_level("WARNING"):
-    result = train_lib.train_and_evaluate(config, workdir)
+    result = loop.train_and_evaluate(config, workdir)
   assert re.search(r"Checkpoint at step 4 .* is unreadable .*restoring the "
                    r"previous one \(step 2\)", caplog.text)
   assert os.path.isdir(os.path.join(workdir, "checkpoints", "4.unreadable"))
   assert result["step"] == 4
   # Steps 3-4 were redone from step 2: the same params, bit for bit.
-  redone, _ = train_lib.load_checkpoint(config, workdir)
+  redone, _ = loop.load_checkpoint(config, workdir)
   for (path, x), (_, y) in zip(all_leaves(original), all_leaves(redone)):
     np.testing.assert_array_equal(x, y, err_msg=str(path))
 
   # The metrics: one record per log step, float32 values unrounded.
-  records = train_lib.read_metrics(workdir)
+  records = metrics_io.read_metrics(workdir)
   first = records[0]
   assert first["step"] == 2 and first["epoch"] == 0.25
   for key in ("train_loss", "train_top1", "train_top5", "lr", "ags_ratio",
@@ -497,23 +509,23 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, caplog):
 
   # eval_only reads the latest checkpoint and appends its result.
   config.eval_only = True
-  evaluated = train_lib.train_and_evaluate(config, workdir)
+  evaluated = loop.train_and_evaluate(config, workdir)
   assert evaluated["step"] == 4
   assert evaluated["eval_count"] == 20
   assert evaluated["eval_top1"] == result["eval_top1"]
-  last = train_lib.read_metrics(workdir)[-1]
+  last = metrics_io.read_metrics(workdir)[-1]
   assert last["eval_checkpoint"] == "latest" and last["step"] == 4
 
 
 def test_non_finite_loss_stops_naming_the_step(tmp_path):
   workdir = str(tmp_path)
-  train_lib.train_and_evaluate(
+  loop.train_and_evaluate(
       tiny_config(num_train_steps=2, checkpoint_every_steps=2), workdir)
   # Resume with an absurd learning rate, saving after every finite step.
   config = tiny_config(num_train_steps=8, checkpoint_every_steps=1,
                        log_every_steps=8, learning_rate=1e30)
   with pytest.raises(FloatingPointError) as info:
-    train_lib.train_and_evaluate(config, workdir)
+    loop.train_and_evaluate(config, workdir)
   message = str(info.value)
   match = re.search(r"at step (\d+)", message)
   assert match, message
@@ -524,12 +536,12 @@ def test_non_finite_loss_stops_naming_the_step(tmp_path):
       "non-finite parameters" in message)
   # Every checkpoint left is finite.
   for step in kept:
-    state, _ = train_lib.load_checkpoint(config, workdir, which=step)
+    state, _ = loop.load_checkpoint(config, workdir, which=step)
     for path, x in all_leaves(state):
       if np.issubdtype(x.dtype, np.floating):
         assert np.all(np.isfinite(x)), (step, path)
   # The losses up to the reported step: finite before it, not at it.
-  records = [r for r in train_lib.read_metrics(workdir) if "train_loss" in r]
+  records = [r for r in metrics_io.read_metrics(workdir) if "train_loss" in r]
   assert all(np.isfinite(r["train_loss"]) for r in records)
 
 
@@ -564,7 +576,10 @@ def recipe_runs(compile_cache):
   return run_python(f"""
       import json
       import jax, jax.numpy as jnp, numpy as np
-      from ovsw_jax import data, parallel, train_lib
+      from ovsw_jax import data
+      from ovsw_jax.training import experiment as experiment_lib, loop
+      from ovsw_jax.training import mesh as mesh_lib, state as state_lib
+      from ovsw_jax.training import steps as steps_lib
       out = {{}}
       for name in {RECIPES!r}:
         config = __import__("configs." + name,
@@ -579,16 +594,16 @@ def recipe_runs(compile_cache):
         config.batch_size = 2
         # The ImageNet recipes run in bfloat16, as they would on accelerators.
         config.half_precision = name.startswith("imagenet")
-        exp = train_lib.create_experiment(config)
-        mesh = parallel.create_mesh(jax.devices()[:1])
-        state = train_lib.create_train_state(exp.model, exp.tx, shape, 0,
+        exp = experiment_lib.create_experiment(config)
+        mesh = mesh_lib.create_mesh(jax.devices()[:1])
+        state = state_lib.create_train_state(exp.model, exp.tx, shape, 0,
                                              mesh)
         initial = jax.device_get(state.params)
-        step = train_lib.jit_train_step(exp.learning_rate_fn, mesh)
+        step = steps_lib.jit_train_step(exp.learning_rate_fn, mesh)
         batches = data.create_train_iterator(
             "synthetic", None, 2, 0, prefetch=0, **config.dataset_options)
         for _ in range(2):
-          state, metrics = step(state, parallel.shard_batch(next(batches),
+          state, metrics = step(state, mesh_lib.shard_batch(next(batches),
                                                             mesh))
         logits = jax.eval_shape(
             lambda s: exp.model.apply(
@@ -637,6 +652,6 @@ def test_real_cifar10_learns_and_counts_10000_test_images(cifar10_run):
   assert result["eval_count"] == 10_000
   assert result["eval_top1"] > 0.2, result  # Chance: 0.1 (+-0.003).
   # The run's config is kept beside its checkpoints (for ovsw_jax.export).
-  with open(os.path.join(workdir, train_lib.CONFIG_FILE)) as f:
+  with open(os.path.join(workdir, workdir_lib.CONFIG_FILE)) as f:
     saved = json.load(f)
   assert saved == json.loads(config.to_json_best_effort())

@@ -9,7 +9,7 @@ state are replicated. Why jit with `NamedSharding`s and not `jax.pmap`:
 * The jitted function sees the whole *logical* (global) batch, and XLA inserts
   the cross-device all-reduces itself. So BatchNorm statistics are computed
   over the global batch, and the gradients that reach AGS/SAD are already the
-  mean over the global batch (SPEC section 6), with no ``axis_name`` or
+  mean over the global batch (docs/semantics.md, section 6), with no ``axis_name`` or
   ``lax.pmean`` anywhere in the model or the optimizer.
 * The same code runs on 1 CPU, 8 GPUs or a multi-host TPU pod: only the mesh
   changes.
@@ -22,7 +22,6 @@ call); every process then feeds its own rows of each batch, and
 
 from __future__ import annotations
 
-import functools
 import os
 from typing import Any, Mapping, Optional, Sequence
 
@@ -32,22 +31,6 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
 DATA_AXIS = "data"
-
-# The CPU fast path: XLA options for the jitted train and eval steps, on CPU
-# only. jaxlib 0.10's XLA:CPU hands convolutions and dots to YNNPACK and
-# keeps reductions in its own loops (the default of
-# xla_cpu_experimental_ynn_fusion_type). For the binary ResNets the reverse
-# is faster: XLA's own 3x3 convolutions beat YNNPACK's at 16x16 and 8x8
-# feature maps (about 1.7x), and YNNPACK's reductions (BatchNorm, the
-# per-sample normalisation) beat XLA's. Setting the list to dots and
-# reductions measured +18-25% images/s on the cResNet20 train step
-# (benchmarks/train_step.py times it side by side with the default, arm
-# '<method>_portable'); results agree to float rounding (tests/
-# test_fast_path.py). GPU and TPU compile with their defaults.
-CPU_COMPILER_OPTIONS: dict[str, Any] = {
-    "xla_cpu_experimental_ynn_fusion_type":
-        "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_REDUCE",
-}
 
 # Environment variables that mean "this process is one of several", set by the
 # launchers that jax.distributed.initialize() can read its settings from.
@@ -171,51 +154,6 @@ def check_batch_size(batch_size: int, mesh: Mesh,
         f"global {name}={batch_size} is not divisible by the number of "
         f"processes ({num_processes}). Set --config.{name} to a multiple of "
         f"{num_processes}.")
-
-
-@functools.lru_cache(maxsize=None)
-def _cpu_options_supported() -> bool:
-  """Whether this jaxlib's XLA:CPU accepts `CPU_COMPILER_OPTIONS`.
-
-  The options are experimental XLA flags; a jaxlib that renamed or dropped
-  one rejects the compile, so try once on a tiny function.
-  """
-  try:
-    cpu = jax.devices("cpu")[0]
-    jax.jit(lambda x: x + 1, compiler_options=CPU_COMPILER_OPTIONS).lower(
-        jax.ShapeDtypeStruct((1,), np.float32,
-                             sharding=jax.sharding.SingleDeviceSharding(cpu))
-    ).compile()
-  except Exception as e:  # pylint: disable=broad-except
-    logging.warning("XLA:CPU rejected %s (%s); the CPU steps compile with "
-                    "XLA's defaults", CPU_COMPILER_OPTIONS, e)
-    return False
-  return True
-
-
-def uses_cpu_fast_path(platform: str, cpu_fast_path: bool = True) -> bool:
-  """Whether steps on ``platform`` take the CPU fast path: only on CPU, and
-  only when ``cpu_fast_path`` (config.cpu_fast_path) asks for it."""
-  return cpu_fast_path and platform == "cpu"
-
-
-def compiler_options(mesh: Mesh, cpu_fast_path: bool = True
-                     ) -> Optional[dict[str, Any]]:
-  """XLA options for the steps jitted over ``mesh``, chosen per backend.
-
-  Args:
-    mesh: the mesh the step runs on; its devices' platform decides.
-    cpu_fast_path: False compiles with XLA's defaults everywhere (the
-      portable path).
-
-  Returns:
-    `CPU_COMPILER_OPTIONS` on a CPU mesh whose jaxlib accepts them, else None
-    (XLA's defaults; always on GPU and TPU).
-  """
-  platform = mesh.devices.flat[0].platform
-  if uses_cpu_fast_path(platform, cpu_fast_path) and _cpu_options_supported():
-    return dict(CPU_COMPILER_OPTIONS)
-  return None
 
 
 def shard_batch(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, jax.Array]:

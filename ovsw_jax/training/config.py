@@ -1,0 +1,227 @@
+"""The one config schema of training: every field, its default and its checks.
+
+`default_config` documents each field in one flat place (big_vision style);
+the recipes in configs/ start from it and change a few fields. The valid keys
+are exactly its keys (`CONFIG_KEYS`): `validate_config` rejects any other key,
+and train.py names the valid ones for a bad ``--config.KEY`` override.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+from ml_collections import config_dict
+import numpy as np
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """The defaults: OvSW on CIFAR-10 with the reference's CIFAR recipe."""
+  config = ml_collections.ConfigDict()
+  for fields in (_model_fields, _data_fields, _method_fields,
+                 _schedule_fields, _run_fields):
+    fields(config)
+  return config
+
+
+def _model_fields(config: ml_collections.ConfigDict) -> None:
+  """The network."""
+
+  # --- Model -----------------------------------------------------------------
+  # One of ovsw_jax.models.list_models(): cresnet20_1w1a, cresnet18_1w1a,
+  # vggsmall_1w1a, resnet18_1w1a, resnet34_1w1a.
+  config.model = "cresnet20_1w1a"
+  # Extra keyword arguments of ovsw_jax.models.get_model (e.g.
+  # activation_estimator, weight_estimator, learnable_scale).
+  config.model_options = ml_collections.ConfigDict()
+
+
+
+def _data_fields(config: ml_collections.ConfigDict) -> None:
+  """The dataset, batch sizes and input pipeline."""
+  # --- Data ------------------------------------------------------------------
+  # 'cifar10', 'cifar100', 'imagenet2012', 'tfds:<name>', 'synthetic' or
+  # 'digits' (sklearn's 8x8 digits upsampled to 16x16x1, no download).
+  config.dataset = "cifar10"
+  # Where the dataset lives; None: the data module's default (env
+  # OVSW_DATA_DIR, then its built-in locations).
+  config.data_dir = config_dict.placeholder(str)  # None, overridable.
+  # Extra options of the dataset, e.g. for 'synthetic': image_shape,
+  # num_classes, num_train, num_eval.
+  config.dataset_options = ml_collections.ConfigDict()
+  # Global batch size (all devices of all hosts); must divide by the device
+  # count.
+  config.batch_size = 256
+  # Global eval batch size; -1: batch_size. The last batch is padded and
+  # masked, so every eval image counts exactly once.
+  config.eval_batch_size = -1
+  # Batches prepared ahead of the device, and grain worker processes (0: in
+  # the main process).
+  config.prefetch = 2
+  config.worker_count = 0
+
+
+
+def _method_fields(config: ml_collections.ConfigDict) -> None:
+  """The method and its optimizer's hyperparameters."""
+  # --- Method / optimizer ----------------------------------------------------
+  # '+'-joined parts applied to the gradient, in order, before weight decay
+  # and SGD: 'vanilla' (none), 'ags', 'sad', 'ovsw' (= 'ags+sad', the
+  # reference's order), 'lars' (LARS's layer-wise trust ratio in AGS's
+  # place). AGS, SAD and LARS act on the binary latent kernels only. Peers:
+  # 'bop' (Bop flips binary kernels; wd + SGD on the float params) and
+  # 'recu' (ReCU binary convs, tau set per epoch). Combine freely, e.g.
+  # 'recu+ovsw', 'recu+ags', 'recu+sad', 'lars+sad'.
+  config.method = "ovsw"
+  config.momentum = 0.9           # SGD momentum (no Nesterov)
+  config.weight_decay = 5e-4
+  # False: no weight decay on 1-D params (BatchNorm, biases, PReLU): the
+  # ImageNet recipe.
+  config.weight_decay_on_1d = True
+  config.delta = 0.04             # AGS: min ||g||/||w|| per output channel
+  config.dampen_weight = 9e-4     # SAD: extra decay (lambda) of silent weights
+  config.track_momentum = 0.999   # SAD: flip-tracker momentum m
+  config.track_threshold = 1e-4   # SAD: silent if tracker < tau
+  # 'lars': each binary kernel's gradient is rescaled to this times its
+  # weight norm (||g|| = c * ||w||, per layer). 0.04 matches AGS's CIFAR delta
+  # (a floor on the same ratio, per channel).
+  config.lars_trust_coefficient = 0.04
+  # 'bop' (Helwegen et al. 2019; larq's defaults): flip a binary weight when
+  # its gradient EMA m exceeds bop_threshold in magnitude and agrees in sign
+  # with it; m <- (1 - bop_gamma) m + bop_gamma g.
+  config.bop_threshold = 1e-8
+  config.bop_gamma = 1e-4
+  # 'recu' (Xu et al. 2021): the clamp quantile tau goes from recu_tau_min at
+  # epoch 0 to recu_tau_max at the last epoch, A*exp(e/E) + B, set per epoch.
+  config.recu_tau_min = 0.85
+  config.recu_tau_max = 0.99
+
+
+
+def _schedule_fields(config: ml_collections.ConfigDict) -> None:
+  """The learning-rate schedule and the run's length."""
+  # --- Schedule --------------------------------------------------------------
+  config.learning_rate = 0.1      # peak learning rate
+  config.num_epochs = 600         # the paper's CIFAR length
+  # Total steps; -1: num_epochs * steps_per_epoch. When set, the cosine phase
+  # ends at this step (num_epochs is then num_train_steps / steps_per_epoch).
+  config.num_train_steps = -1
+  config.warmup_epochs = 5
+  # 'epoch': the reference's per-epoch staircase, lr*(e+1)/W for e < W, then
+  # 0.5*(1+cos(pi*(e-W)/(E-W)))*lr + cosine_lr_offset. 'step': the same curve
+  # evaluated at fractional epochs (smooth, per step).
+  config.lr_schedule_granularity = "epoch"
+  config.cosine_lr_offset = 1e-5  # added in the cosine phase (reference)
+
+
+
+def _run_fields(config: ml_collections.ConfigDict) -> None:
+  """Seed, precision, logging, checkpoints, evaluation."""
+  # --- Run -------------------------------------------------------------------
+  config.seed = 0
+  # bfloat16 compute; params, optimizer state and the loss stay float32.
+  config.half_precision = False
+  # The CPU fast path: compile the train and eval steps with
+  # ovsw_jax.training.cpu_fast_path.CPU_COMPILER_OPTIONS (XLA's own convolutions, YNNPACK's
+  # reductions) and let the binary convs read their +-1 operands in bfloat16
+  # (exact). False: XLA's defaults and float32 operands. No effect on GPU/TPU.
+  config.cpu_fast_path = True
+  config.log_every_steps = 100
+  # Per-layer sign-flip rate between two measurements every this many steps;
+  # -1: log_every_steps, 0: off.
+  config.flip_stats_every_steps = -1
+  # -1: once per epoch; 0: only after evals and at the end.
+  config.checkpoint_every_steps = -1
+  config.keep_checkpoints = 3     # latest kept, plus the best by eval top-1
+  config.async_checkpointing = True
+  config.eval_every_epochs = 1    # 0: only at the end
+  # Evaluate a checkpoint instead of training: 'latest' or 'best' one.
+  config.eval_only = False
+  config.eval_checkpoint = "latest"
+  config.progress_bar = True      # tqdm bar per epoch (process 0 only)
+
+
+# The keys a config must have, exactly; defined by `default_config` alone.
+CONFIG_KEYS = frozenset(default_config().keys())
+
+
+def as_dict(options: Any) -> dict[str, Any]:
+  """A dict-valued config field (ConfigDict, dict or None) as a plain dict."""
+  if options is None:
+    return {}
+  if isinstance(options, ml_collections.ConfigDict):
+    return options.to_dict()
+  return dict(options)
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Checks a config's keys against `CONFIG_KEYS`, then its values.
+
+  The method name is checked against the method registry by
+  `ovsw_jax.training.experiment.validate_config`, which calls this first.
+
+  Args:
+    config: a full config, e.g. from `default_config` or configs/*.py.
+
+  Raises:
+    ValueError: naming the unknown or missing keys (with the valid ones), or
+      the bad value and what would be valid.
+  """
+  _check_keys(config)
+  _check_values(config)
+
+
+def _check_keys(config: ml_collections.ConfigDict) -> None:
+  keys = set(config.keys())
+  valid = ", ".join(sorted(CONFIG_KEYS))
+  unknown = sorted(keys - CONFIG_KEYS)
+  if unknown:
+    raise ValueError(
+        f"unknown config key{'s' if len(unknown) > 1 else ''} "
+        f"{', '.join(repr(k) for k in unknown)}; valid keys: {valid}")
+  missing = sorted(CONFIG_KEYS - keys)
+  if missing:
+    raise ValueError(
+        f"config is missing key(s) {missing}: start from "
+        "configs/default.py's get_config(), which sets every field")
+
+
+def _check_values(config: ml_collections.ConfigDict) -> None:
+  """Raises a ValueError naming the first field with a bad value."""
+
+  def check(ok: bool, key: str, expected: str) -> None:
+    if not ok:
+      raise ValueError(f"config.{key}={config[key]!r}: expected {expected}")
+
+  def positive_int(key, allow=()):
+    v = config[key]
+    check(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and
+          (v > 0 or v in allow), key,
+          "a positive int" + (f" or one of {list(allow)}" if allow else ""))
+
+  positive_int("batch_size")
+  positive_int("eval_batch_size", allow=(-1,))
+  positive_int("num_train_steps", allow=(-1,))
+  positive_int("log_every_steps")
+  positive_int("flip_stats_every_steps", allow=(-1, 0))
+  positive_int("checkpoint_every_steps", allow=(-1, 0))
+  positive_int("keep_checkpoints")
+  check(config.num_train_steps > 0 or config.num_epochs > 0, "num_epochs",
+        "> 0 (or set num_train_steps)")
+  check(config.warmup_epochs >= 0, "warmup_epochs", ">= 0")
+  check(config.eval_every_epochs >= 0, "eval_every_epochs",
+        ">= 0 (0: evaluate only at the end)")
+  check(config.learning_rate > 0, "learning_rate", "> 0")
+  check(config.weight_decay >= 0, "weight_decay", ">= 0")
+  check(0 <= config.momentum < 1, "momentum", "in [0, 1)")
+  check(config.lr_schedule_granularity in ("epoch", "step"),
+        "lr_schedule_granularity", "'epoch' or 'step'")
+  check(config.eval_checkpoint in ("latest", "best"), "eval_checkpoint",
+        "'latest' or 'best'")
+  check(config.lars_trust_coefficient > 0, "lars_trust_coefficient", "> 0")
+  check(config.bop_threshold >= 0, "bop_threshold", ">= 0")
+  check(0 < config.bop_gamma <= 1, "bop_gamma", "in (0, 1]")
+  check(0.5 < config.recu_tau_min <= 1, "recu_tau_min",
+        "in (0.5, 1] (ReCU: 0.85)")
+  check(config.recu_tau_min <= config.recu_tau_max <= 1, "recu_tau_max",
+        f"in [recu_tau_min={config.recu_tau_min}, 1] (ReCU: 0.99)")

@@ -1,0 +1,112 @@
+"""The CPU fast path: how the train and eval steps run faster on XLA:CPU.
+
+Two halves, both on the CPU backend only and both exact (tests/
+test_fast_path.py checks them against XLA's defaults):
+
+* `compiler_options`: XLA options for the jitted steps (`CPU_COMPILER_OPTIONS`).
+* `narrow_binary_operands`: the binary convs read their +-1 operands in
+  bfloat16, with float32 sums (`ovsw_jax.layers.binary_conv_general`).
+
+``config.cpu_fast_path=False`` turns both off (the portable path). GPU and TPU
+always compile with XLA's defaults and float32 operands.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Mapping, Optional
+
+from absl import logging
+import jax
+from jax.sharding import Mesh
+import numpy as np
+
+from ovsw_jax import layers
+from ovsw_jax import ops
+
+# The CPU fast path: XLA options for the jitted train and eval steps, on CPU
+# only. jaxlib 0.10's XLA:CPU hands convolutions and dots to YNNPACK and
+# keeps reductions in its own loops (the default of
+# xla_cpu_experimental_ynn_fusion_type). For the binary ResNets the reverse
+# is faster: XLA's own 3x3 convolutions beat YNNPACK's at 16x16 and 8x8
+# feature maps (about 1.7x), and YNNPACK's reductions (BatchNorm, the
+# per-sample normalisation) beat XLA's. Setting the list to dots and
+# reductions measured +18-25% images/s on the cResNet20 train step
+# (benchmarks/train_step.py times it side by side with the default, arm
+# '<method>_portable'); results agree to float rounding (tests/
+# test_fast_path.py). GPU and TPU compile with their defaults.
+CPU_COMPILER_OPTIONS: dict[str, Any] = {
+    "xla_cpu_experimental_ynn_fusion_type":
+        "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_REDUCE",
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _cpu_options_supported() -> bool:
+  """Whether this jaxlib's XLA:CPU accepts `CPU_COMPILER_OPTIONS`.
+
+  The options are experimental XLA flags; a jaxlib that renamed or dropped
+  one rejects the compile, so try once on a tiny function.
+  """
+  try:
+    cpu = jax.devices("cpu")[0]
+    jax.jit(lambda x: x + 1, compiler_options=CPU_COMPILER_OPTIONS).lower(
+        jax.ShapeDtypeStruct((1,), np.float32,
+                             sharding=jax.sharding.SingleDeviceSharding(cpu))
+    ).compile()
+  except Exception as e:  # pylint: disable=broad-except
+    logging.warning("XLA:CPU rejected %s (%s); the CPU steps compile with "
+                    "XLA's defaults", CPU_COMPILER_OPTIONS, e)
+    return False
+  return True
+
+
+def uses_cpu_fast_path(platform: str, cpu_fast_path: bool = True) -> bool:
+  """Whether steps on ``platform`` take the CPU fast path: only on CPU, and
+  only when ``cpu_fast_path`` (config.cpu_fast_path) asks for it."""
+  return cpu_fast_path and platform == "cpu"
+
+
+def compiler_options(mesh: Mesh, cpu_fast_path: bool = True
+                     ) -> Optional[dict[str, Any]]:
+  """XLA options for the steps jitted over ``mesh``, chosen per backend.
+
+  Args:
+    mesh: the mesh the step runs on; its devices' platform decides.
+    cpu_fast_path: False compiles with XLA's defaults everywhere (the
+      portable path).
+
+  Returns:
+    `CPU_COMPILER_OPTIONS` on a CPU mesh whose jaxlib accepts them, else None
+    (XLA's defaults; always on GPU and TPU).
+  """
+  platform = mesh.devices.flat[0].platform
+  if uses_cpu_fast_path(platform, cpu_fast_path) and _cpu_options_supported():
+    return dict(CPU_COMPILER_OPTIONS)
+  return None
+
+
+def narrow_binary_operands(platform: str, enabled: bool,
+                           options: Mapping[str, Any]) -> bool:
+  """Whether the CPU fast path reads the binary convs' operands in bfloat16.
+
+  Args:
+    platform: the backend the model runs on.
+    enabled: config.cpu_fast_path.
+    options: the model's keyword options (`ovsw_jax.models.get_model`).
+
+  Only where it is exact and measured faster: on the CPU backend, with
+  `layers.BinaryConv` (or a subclass) and the built-in estimators, whose
+  forward is exactly +-1; never over an explicit ``binary_operand_dtype``.
+  """
+  if not uses_cpu_fast_path(platform, enabled):
+    return False
+  if "binary_operand_dtype" in options:
+    return False
+  conv = options.get("conv", layers.BinaryConv)
+  while isinstance(conv, functools.partial):
+    conv = conv.func
+  if not (isinstance(conv, type) and issubclass(conv, layers.BinaryConv)):
+    return False
+  return all(options.get(k) is None or options.get(k) in ops.ESTIMATORS
+             for k in ("activation_estimator", "weight_estimator"))

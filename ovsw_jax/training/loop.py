@@ -1,0 +1,387 @@
+"""The training loop: `train_and_evaluate`, and `load_checkpoint` for later use.
+
+`train_and_evaluate` validates the config, builds the experiment, restores
+the workdir's latest checkpoint (or initialises), then runs `_Run`: one
+jitted step per batch, with logging (metrics.jsonl, TensorBoard, tqdm),
+per-layer flip rates, periodic evaluation, orbax checkpoints, exact resume,
+and a stop at the first non-finite loss. Which steps log, evaluate and save
+is decided up front (`schedules.plan_steps`), so each part of the loop is a
+small method of `_Run`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Optional, Union
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from ovsw_jax import data
+from ovsw_jax import diagnostics
+from ovsw_jax.training import checkpointing
+from ovsw_jax.training import guards
+from ovsw_jax.training import config as config_lib
+from ovsw_jax.training import mesh as mesh_lib
+from ovsw_jax.training import metrics_io
+from ovsw_jax.training import schedules
+from ovsw_jax.training import state as state_lib
+from ovsw_jax.training import steps as steps_lib
+from ovsw_jax.training import workdir as workdir_lib
+from ovsw_jax.training.experiment import create_experiment
+from ovsw_jax.training.experiment import Experiment
+from ovsw_jax.training.experiment import validate_config
+from ovsw_jax.training.progress import EpochProgress
+
+
+def _platform(mesh: jax.sharding.Mesh) -> str:
+  return mesh.devices.flat[0].platform
+
+
+def _abstract_state(experiment: Experiment, config: ml_collections.ConfigDict,
+                    mesh: jax.sharding.Mesh) -> state_lib.TrainState:
+  return state_lib.abstract_train_state(
+      experiment.model, experiment.tx, experiment.info.image_shape,
+      config.seed, mesh, experiment.model_state_fn)
+
+
+def _restore(manager, experiment, config, mesh, which):
+  step = workdir_lib.choose_step(manager, which)
+  abstract = _abstract_state(experiment, config, mesh)
+  items, _, step = checkpointing.restore(
+      manager, state_lib.checkpoint_items(abstract), step=step,
+      set_aside_unreadable=False)
+  return abstract.replace(**items), step
+
+
+def load_checkpoint(config: ml_collections.ConfigDict, workdir: str,
+                    which: Union[str, int] = "latest", *,
+                    mesh: Optional[jax.sharding.Mesh] = None
+                    ) -> tuple[state_lib.TrainState, int]:
+  """Loads a training checkpoint of ``workdir`` (e.g. for evaluation, export).
+
+  Args:
+    config: the config the run was trained with.
+    workdir: the run's workdir.
+    which: 'latest', 'best' (by eval top-1) or a step number. An unreadable
+      checkpoint falls back to the one before it, with a warning.
+    mesh: where to place the arrays (replicated); default: all devices.
+
+  Returns:
+    The `TrainState` (params, batch_stats, opt_state, step, rng) and its step.
+
+  Raises:
+    FileNotFoundError: workdir holds no checkpoint.
+  """
+  mesh = mesh if mesh is not None else mesh_lib.create_mesh()
+  experiment = create_experiment(config, platform=_platform(mesh))
+  manager = checkpointing.create_manager(
+      workdir_lib.checkpoint_dir(workdir), keep=config.keep_checkpoints,
+      read_only=True)
+  try:
+    return _restore(manager, experiment, config, mesh, which)
+  finally:
+    manager.close()
+
+
+def _eval_batch_size(config: ml_collections.ConfigDict,
+                     mesh: jax.sharding.Mesh) -> int:
+  """The global eval batch size, checked against the mesh."""
+  mesh_lib.check_batch_size(config.batch_size, mesh, "batch_size")
+  if config.eval_batch_size > 0:
+    mesh_lib.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
+    return config.eval_batch_size
+  return config.batch_size
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       mesh: Optional[jax.sharding.Mesh] = None
+                       ) -> dict[str, Any]:
+  """Trains (resuming from workdir's checkpoints) and evaluates.
+
+  With ``config.eval_only`` it only evaluates the latest (or, with
+  ``eval_checkpoint='best'``, the best) checkpoint and appends the result to
+  metrics.jsonl.
+
+  Args:
+    config: a full config (see `ovsw_jax.training.config.default_config`).
+    workdir: where checkpoints, metrics.jsonl and TensorBoard files go. Run
+      the same command again to resume from the latest checkpoint.
+    mesh: the data-parallel mesh; default: all devices of all processes.
+
+  Returns:
+    The final metrics: step, eval_loss, eval_top1, eval_top5, eval_count;
+    for a training run also train_loss (last log window), wall_time_s and
+    images_per_sec.
+
+  Raises:
+    ValueError: a bad config or a batch size the devices cannot split.
+    FloatingPointError: a non-finite loss (naming the first bad step) or
+      non-finite params at a checkpoint; the last good checkpoint is kept.
+    ovsw_jax.data.DataNotFoundError: the dataset's files are missing.
+    FileNotFoundError: eval_only without a checkpoint.
+  """
+  start_time = time.time()
+  validate_config(config)
+  mesh = mesh if mesh is not None else mesh_lib.create_mesh()
+  eval_batch_size = _eval_batch_size(config, mesh)
+  experiment = create_experiment(config, platform=_platform(mesh))
+  p_eval_step = steps_lib.jit_eval_step(mesh, config.cpu_fast_path)
+
+  def run_eval(state):
+    batches = data.create_eval_iterator(
+        config.dataset, config.data_dir, eval_batch_size,
+        worker_count=config.worker_count, prefetch=config.prefetch,
+        **config_lib.as_dict(config.dataset_options))
+    return steps_lib.evaluate(p_eval_step, state, batches, mesh)
+
+  manager = checkpointing.create_manager(
+      workdir_lib.checkpoint_dir(workdir), keep=config.keep_checkpoints,
+      async_save=config.async_checkpointing, read_only=bool(config.eval_only))
+  is_chief = jax.process_index() == 0
+  writer = None
+  try:
+    if config.eval_only:
+      writer = metrics_io.MetricsWriter(workdir, enabled=is_chief)
+      return _evaluate_only(config, experiment, manager, mesh, run_eval,
+                            writer)
+    state, step = _initial_state(config, experiment, manager, mesh)
+    if is_chief:
+      workdir_lib.write_config(config, workdir)
+    writer = metrics_io.MetricsWriter(workdir, enabled=is_chief,
+                                      keep_until_step=step)
+    run = _Run(config, experiment, manager, mesh, writer, run_eval)
+    return run.train(state, start_time)
+  finally:
+    manager.wait_until_finished()
+    manager.close()
+    if writer is not None:
+      writer.close()
+
+
+def _evaluate_only(config, experiment, manager, mesh, run_eval, writer):
+  """Evaluates the ``config.eval_checkpoint`` checkpoint and records it."""
+  state, step = _restore(manager, experiment, config, mesh,
+                         config.eval_checkpoint)
+  result = {"epoch": step / experiment.steps_per_epoch,
+            "eval_checkpoint": config.eval_checkpoint, **run_eval(state)}
+  writer.write(step, result)
+  logging.info("Evaluated the %s checkpoint (step %d): top-1 %.4f, top-5 "
+               "%.4f, loss %.4f on %d images.", config.eval_checkpoint,
+               step, result["eval_top1"], result["eval_top5"],
+               result["eval_loss"], result["eval_count"])
+  return {"step": step, **result}
+
+
+def _initial_state(config, experiment, manager, mesh
+                   ) -> tuple[state_lib.TrainState, int]:
+  """The latest readable checkpoint's state, or a new one at step 0."""
+  abstract = _abstract_state(experiment, config, mesh)
+  restored = checkpointing.restore(manager,
+                                   state_lib.checkpoint_items(abstract))
+  if restored is None:
+    state = state_lib.create_train_state(
+        experiment.model, experiment.tx, experiment.info.image_shape,
+        config.seed, mesh, experiment.model_state_fn)
+    return state, 0
+  items, meta, step = restored
+  logging.info("Resuming from the checkpoint at step %d (data position %d).",
+               step, meta["data_step"])
+  return abstract.replace(**items), step
+
+
+class _Window:
+  """Per-step device metrics and timing since the last log record.
+
+  The metrics stay on the device until the log step, then come back in one
+  transfer; evaluation and checkpointing time (``pause``) is excluded from
+  images/s.
+  """
+
+  def __init__(self):
+    self.steps: list[int] = []
+    self.metrics: list[dict[str, jax.Array]] = []
+    self.extra: dict[str, jax.Array] = {}
+    self.start, self.images, self.pause = time.time(), 0, 0.0
+
+  def fetch(self) -> tuple[list[int], dict[str, np.ndarray], dict[str, Any],
+                           float, int]:
+    """(steps, stacked metrics, extra values, seconds, images); resets."""
+    metrics, extra = jax.device_get((self.metrics, self.extra))
+    stacked = {k: np.stack([m[k] for m in metrics]) for k in metrics[0]
+               } if metrics else {}
+    result = (self.steps, stacked, extra,
+              time.time() - self.start - self.pause, self.images)
+    self.__init__()
+    return result
+
+
+class _Run:
+  """One training run's loop over steps ``state.step + 1 .. total_steps``."""
+
+  def __init__(self, config, experiment: Experiment, manager, mesh, writer,
+               run_eval):
+    self.config, self.experiment = config, experiment
+    self.manager, self.mesh, self.writer = manager, mesh, writer
+    self.run_eval = run_eval
+    self.is_chief = jax.process_index() == 0
+    self.train_step = steps_lib.jit_train_step(
+        experiment.learning_rate_fn, mesh, config.cpu_fast_path)
+    self._copy_params = jax.jit(lambda p: jax.tree.map(jnp.copy, p))
+    self._flip_fn = jax.jit(diagnostics.flip_rate)
+    self._diag_fn = jax.jit(steps_lib.layer_diagnostics)
+    self._finite_fn = jax.jit(lambda s: guards.all_finite((s.params,
+                                                           s.batch_stats)))
+    self.window = _Window()
+    self.last_record: dict[str, Any] = {}
+    self.last_eval: dict[str, Any] = {}
+    self.run_images, self.run_time = 0, 0.0
+
+  def train(self, state: state_lib.TrainState, start_time: float
+            ) -> dict[str, Any]:
+    """Runs the remaining steps; returns the run's summary."""
+    config, experiment = self.config, self.experiment
+    first_step = int(jax.device_get(state.step))
+    total = experiment.total_steps
+    plan = schedules.plan_steps(config, experiment.steps_per_epoch,
+                                first_step, total)
+    flip_ref = self._copy_params(state.params) if plan.flips else None
+    train_iter = data.create_train_iterator(
+        config.dataset, config.data_dir, config.batch_size, config.seed,
+        start_step=first_step, worker_count=config.worker_count,
+        prefetch=config.prefetch, **config_lib.as_dict(config.dataset_options))
+    progress = EpochProgress(
+        experiment.steps_per_epoch,
+        math.ceil(total / experiment.steps_per_epoch),
+        enabled=config.progress_bar and self.is_chief)
+    try:
+      for step in range(first_step + 1, total + 1):
+        progress.start_step(step)
+        batch = mesh_lib.shard_batch(next(train_iter), self.mesh)
+        state, metrics = self.train_step(state, batch)
+        self.window.steps.append(step)
+        self.window.metrics.append(metrics)
+        self.window.images += config.batch_size
+        progress.update()
+        if step in plan.flips:
+          flip_ref = self._record_flips(flip_ref, state.params)
+        record = None
+        if step in plan.log:
+          record = self._log_record(step, state, progress,
+                                    step in plan.epoch_ends)
+        if step in plan.epoch_ends:
+          progress.end_epoch()
+        if step in plan.evals:
+          record.update(self._evaluate(step, state))
+        if record is not None:
+          self.writer.write(step, record)
+        if step in plan.saves:
+          self._save(step, state, evaluated=step in plan.evals)
+    finally:
+      progress.close()
+      close = getattr(train_iter, "close", None)
+      if close is not None:
+        close()
+    return self._summary(state, first_step, start_time)
+
+  def _record_flips(self, flip_ref, params):
+    """Adds the flip rates since ``flip_ref`` to the window; new reference."""
+    flips = self._flip_fn(flip_ref, params)
+    self.window.extra.update({
+        ("flip_rate" if k == diagnostics.OVERALL else f"flip_rate/{k}"): v
+        for k, v in flips.items()})
+    return self._copy_params(params)
+
+  def _log_record(self, step: int, state, progress: EpochProgress,
+                  epoch_end: bool) -> dict[str, Any]:
+    """The window's record: means of the per-step values, lr of the step."""
+    self.window.extra.update(self._diag_fn(state.opt_state))
+    steps, stacked, extra, elapsed, images = self.window.fetch()
+    guards.check_losses(steps, stacked["loss"], self.manager)
+    self.run_images += images
+    self.run_time += elapsed
+    record = {"epoch": step / self.experiment.steps_per_epoch}
+    for k, v in stacked.items():
+      # lr, recu_tau: this step's; the rest: float32 means over the window.
+      name = f"train_{k}" if k in ("loss", "top1", "top5") else k
+      record[name] = v[-1] if k in ("lr", "recu_tau") else np.float32(
+          np.mean(v, dtype=np.float64))
+    record["images_per_sec"] = images / max(elapsed, 1e-9)
+    record.update(extra)
+    self.last_record = record
+    progress.show(record)
+    if epoch_end:
+      progress.end_epoch()
+    # With a bar, log lines between epoch ends would tear it: it shows the
+    # values in its postfix instead.
+    if not progress.enabled or epoch_end:
+      logging.info("step %d/%d epoch %.2f: %s", step,
+                   self.experiment.total_steps, record["epoch"],
+                   metrics_io.summary_line(record))
+    return record
+
+  def _evaluate(self, step: int, state) -> dict[str, Any]:
+    t = time.time()
+    self.last_eval = self.run_eval(state)
+    logging.info("step %d eval: top-1 %.4f top-5 %.4f loss %.4f (%d images)",
+                 step, self.last_eval["eval_top1"],
+                 self.last_eval["eval_top5"], self.last_eval["eval_loss"],
+                 self.last_eval["eval_count"])
+    self.window.pause += time.time() - t
+    return self.last_eval
+
+  def _save(self, step: int, state, evaluated: bool) -> None:
+    """Saves a checkpoint, refusing non-finite parameters."""
+    t = time.time()
+    if not bool(jax.device_get(self._finite_fn(state))):
+      self.manager.wait_until_finished()
+      raise FloatingPointError(
+          f"non-finite parameters after step {step}; stopping without "
+          f"saving. The last good checkpoint (step "
+          f"{self.manager.latest_step()}) in {self.manager.directory} is "
+          "kept.")
+    config = self.config
+    checkpointing.save(
+        self.manager, step, state_lib.checkpoint_items(state),
+        meta={"step": step, "data_step": step,
+              "epoch": step / self.experiment.steps_per_epoch,
+              "method": config.method, "model": config.model,
+              "dataset": config.dataset},
+        metrics=({"eval_top1": self.last_eval["eval_top1"]}
+                 if evaluated else None))
+    self.window.pause += time.time() - t
+
+  def _summary(self, state, first_step: int, start_time: float
+               ) -> dict[str, Any]:
+    """The run's final metrics, logged by process 0."""
+    if not self.last_eval:
+      # Nothing was trained (already at total_steps): evaluate what we have.
+      self.last_eval = self.run_eval(state)
+      self.writer.write(first_step, {
+          "epoch": first_step / self.experiment.steps_per_epoch,
+          **self.last_eval})
+    total = self.experiment.total_steps
+    wall = time.time() - start_time
+    summary = {
+        "step": total,
+        **self.last_eval,
+        "train_loss": metrics_io.to_json_value(
+            self.last_record.get("train_loss", math.nan)),
+        "wall_time_s": wall,
+        "images_per_sec": (self.run_images / self.run_time
+                           if self.run_time > 0 else 0.0),
+    }
+    if self.is_chief:
+      table = metrics_io.layer_table(self.last_record)
+      if table:
+        logging.info("Per binary layer, at step %d:\n%s", total, table)
+      logging.info(
+          "Done: final eval top-1 %.4f (top-5 %.4f, %d images), %d steps, "
+          "wall time %.1f s, %.1f images/s.", summary["eval_top1"],
+          summary["eval_top5"], summary["eval_count"], total, wall,
+          summary["images_per_sec"])
+    return summary

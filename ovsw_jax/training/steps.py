@@ -1,0 +1,171 @@
+"""The train and eval steps, jitted over the data-parallel mesh.
+
+jit with NamedShardings, not pmap (in maintenance mode): the step sees the
+global batch and XLA inserts the all-reduces, so BatchNorm statistics and the
+gradient AGS/SAD see are global-batch means with no axis_name in the model,
+and the same code runs on 1 CPU, 8 GPUs or a multi-host pod.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Iterable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ovsw_jax import transforms
+from ovsw_jax.training import cpu_fast_path as fast_path_lib
+from ovsw_jax.training import mesh as mesh_lib
+from ovsw_jax.training.state import TrainState
+
+
+def _topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
+  """1.0 where the label is among the k largest logits (per example)."""
+  k = min(k, logits.shape[-1])
+  _, top = jax.lax.top_k(logits, k)
+  return jnp.any(top == labels[:, None], axis=-1).astype(jnp.float32)
+
+
+def train_step(state: TrainState, batch: Mapping[str, jax.Array],
+               learning_rate_fn: optax.Schedule
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimizer step on a (global) batch.
+
+  Under jit over the data mesh the model sees the whole global batch, so
+  BatchNorm statistics and the loss are global-batch means and the gradient
+  is averaged over all devices before the optimizer (AGS) sees it.
+
+  Returns:
+    The new state and scalar metrics: loss, top1, top5, lr (of this step),
+    from the optimizer state ags_ratio and silent_fraction when the method
+    has them, and those of ``state.model_state_fn`` (recu_tau with 'recu').
+  """
+  step_key = jax.random.fold_in(state.rng, state.step)
+  model_state, model_metrics = state.model_state or {}, {}
+  if state.model_state_fn is not None:
+    model_state, model_metrics = state.model_state_fn(model_state, state.step)
+
+  def loss_fn(params):
+    logits, updates = state.apply_fn(
+        {"params": params, "batch_stats": state.batch_stats, **model_state},
+        batch["image"], train=True, mutable=["batch_stats"],
+        rngs={"dropout": step_key})
+    logits = logits.astype(jnp.float32)
+    loss = optax.softmax_cross_entropy_with_integer_labels(
+        logits, batch["label"]).mean()
+    return loss, (logits, updates["batch_stats"])
+
+  (loss, (logits, batch_stats)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(state.params)
+  new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  if state.model_state_fn is not None:
+    new_state = new_state.replace(model_state=model_state)
+  metrics = {
+      "loss": loss,
+      "top1": _topk_correct(logits, batch["label"], 1).mean(),
+      "top5": _topk_correct(logits, batch["label"], 5).mean(),
+      "lr": jnp.asarray(learning_rate_fn(state.step), jnp.float32),
+      **{k: jnp.asarray(v, jnp.float32) for k, v in model_metrics.items()},
+  }
+  # Only the scalar summaries; per-layer values are read at log time.
+  for fn, key in ((transforms.ags_diagnostics, "ags_ratio"),
+                  (transforms.sad_diagnostics, "silent_fraction")):
+    values = fn(new_state.opt_state)
+    if key in values:
+      metrics[key] = values[key]
+  return new_state, metrics
+
+
+def eval_step(state: TrainState, batch: Mapping[str, jax.Array],
+              totals: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  """Adds a (padded) eval batch's sums to ``totals``; padding has mask 0."""
+  logits = state.apply_fn(
+      {"params": state.params, "batch_stats": state.batch_stats,
+       **(state.model_state or {})},
+      batch["image"], train=False).astype(jnp.float32)
+  mask = batch["mask"].astype(jnp.float32)
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+  sums = {
+      "loss": jnp.sum(loss * mask),
+      "top1": jnp.sum(_topk_correct(logits, batch["label"], 1) * mask),
+      "top5": jnp.sum(_topk_correct(logits, batch["label"], 5) * mask),
+      "count": jnp.sum(mask),
+  }
+  return jax.tree.map(jnp.add, totals, sums)
+
+
+def jit_train_step(learning_rate_fn: optax.Schedule, mesh: jax.sharding.Mesh,
+                   cpu_fast_path: bool = True
+                   ) -> Callable[[TrainState, Mapping[str, jax.Array]],
+                                 tuple[TrainState, dict[str, jax.Array]]]:
+  """`train_step` jitted over ``mesh``: batch split along 'data', state
+  replicated (and donated: the old state's buffers are reused).
+
+  On a CPU mesh, ``cpu_fast_path`` compiles with
+  `cpu_fast_path.CPU_COMPILER_OPTIONS` (see its `compiler_options`); other
+  backends always use XLA's defaults.
+  """
+  # jit with NamedShardings, not pmap (in maintenance mode): the step sees
+  # the global batch and XLA inserts the all-reduces, so BatchNorm statistics
+  # and the gradient AGS/SAD see are global-batch means with no axis_name in
+  # the model, and the same code runs on 1 CPU, 8 GPUs or a multi-host pod.
+  replicated = mesh_lib.replicated(mesh)
+  return jax.jit(
+      functools.partial(train_step, learning_rate_fn=learning_rate_fn),
+      in_shardings=(replicated, mesh_lib.data_sharding(mesh)),
+      out_shardings=(replicated, replicated),
+      donate_argnums=(0,),
+      compiler_options=fast_path_lib.compiler_options(mesh, cpu_fast_path))
+
+
+def jit_eval_step(mesh: jax.sharding.Mesh, cpu_fast_path: bool = True
+                  ) -> Callable[..., dict[str, jax.Array]]:
+  """`eval_step` jitted over ``mesh`` (batch split, state and totals
+  replicated); ``cpu_fast_path`` as in `jit_train_step`."""
+  replicated = mesh_lib.replicated(mesh)
+  return jax.jit(
+      eval_step,
+      in_shardings=(replicated, mesh_lib.data_sharding(mesh), replicated),
+      out_shardings=replicated,
+      compiler_options=fast_path_lib.compiler_options(mesh, cpu_fast_path))
+
+
+def _zero_eval_totals() -> dict[str, jax.Array]:
+  return {k: jnp.zeros([], jnp.float32)
+          for k in ("loss", "top1", "top5", "count")}
+
+
+def evaluate(eval_fn: Callable[..., Any], state: TrainState,
+             batches: Iterable[Mapping[str, np.ndarray]],
+             mesh: jax.sharding.Mesh) -> dict[str, float]:
+  """One pass over eval batches (this host's rows of each global batch).
+
+  Returns:
+    eval_loss, eval_top1, eval_top5 (means over the unpadded examples) and
+    eval_count (how many examples were counted).
+  """
+  totals = jax.device_put(_zero_eval_totals(), mesh_lib.replicated(mesh))
+  for batch in batches:
+    totals = eval_fn(state, mesh_lib.shard_batch(batch, mesh), totals)
+  totals = jax.device_get(totals)
+  count = float(totals["count"])
+  if count == 0:
+    raise ValueError("the eval split yielded no examples")
+  return {"eval_loss": float(totals["loss"]) / count,
+          "eval_top1": float(totals["top1"]) / count,
+          "eval_top5": float(totals["top5"]) / count,
+          "eval_count": int(round(count))}
+
+
+def layer_diagnostics(opt_state) -> dict[str, jax.Array]:
+  """Per-layer AGS ratios and silent fractions as of the last step.
+
+  The overall values are left out: the log records the mean of the per-step
+  values over the log window instead.
+  """
+  values = {**transforms.ags_diagnostics(opt_state),
+            **transforms.sad_diagnostics(opt_state)}
+  return {k: v for k, v in values.items() if "/" in k}
