@@ -21,11 +21,13 @@ from conftest import REPO
 from ovsw_jax import data
 from ovsw_jax import models
 from ovsw_jax import recu
-from ovsw_jax import train_lib
 from ovsw_jax.deploy import bitpack
+from ovsw_jax.deploy import cli
 from ovsw_jax.deploy import export
 from ovsw_jax.deploy import format as packed_format
 from ovsw_jax.deploy import infer
+from ovsw_jax.training import loop
+from ovsw_jax.training import methods
 
 
 def pm1(x):
@@ -294,7 +296,6 @@ def test_bad_files_get_clear_errors(tmp_path):
   with pytest.raises(ValueError, match="binarize_activations=False"):
     export.export_model(float_acts, variables, model_name="cresnet20_1w1a",
                         model_options={}, image_shape=(8, 8, 3))
-  from ovsw_jax.deploy import cli  # pylint: disable=g-import-not-at-top
   with pytest.raises(FileNotFoundError, match="--config=configs/"):
     cli.export_checkpoint(str(tmp_path), str(tmp_path / "x.npz"))
 
@@ -337,8 +338,8 @@ def test_packed_cresnet20_predicts_like_the_float_eval_on_cifar10(
   assert evaluated["top1"] == pytest.approx(result["eval_top1"], abs=1e-9)
 
   # Logits, against the float eval of the same checkpoint.
-  state, _ = train_lib.load_checkpoint(config, workdir)
-  model = train_lib.create_model(config, 10)
+  state, _ = loop.load_checkpoint(config, workdir)
+  model = methods.create_model(config, 10)
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   float_fn = jax.jit(lambda v, x: model.apply(v, x, train=False))
   pm = packed_format.load(out)
