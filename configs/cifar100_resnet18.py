@@ -1,6 +1,6 @@
 """CIFAR-100, cResNet18_1w1a.
 
-SPEC section 7, CIFAR column (the paper's and the reference's recipe).
+docs/semantics.md, section 7, CIFAR column (the paper's and the reference's recipe).
 """
 
 from configs import default

@@ -1,6 +1,6 @@
 """CIFAR-10, cResNet18_1w1a (reported top-1 93.2).
 
-SPEC section 7, CIFAR column (the paper's and the reference's recipe).
+docs/semantics.md, section 7, CIFAR column (the paper's and the reference's recipe).
 """
 
 from configs import default

@@ -1,6 +1,6 @@
 """CIFAR-10, cResNet20_1w1a (the paper's ResNet20; reported top-1 87.7).
 
-SPEC section 7, CIFAR column (the paper's and the reference's recipe).
+docs/semantics.md, section 7, CIFAR column (the paper's and the reference's recipe).
 """
 
 from configs import default

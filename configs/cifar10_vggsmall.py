@@ -1,6 +1,6 @@
 """CIFAR-10, VGG-small 1w1a (reported top-1 92.8).
 
-SPEC section 7, CIFAR column (the paper's and the reference's recipe).
+docs/semantics.md, section 7, CIFAR column (the paper's and the reference's recipe).
 """
 
 from configs import default

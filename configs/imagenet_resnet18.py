@@ -1,6 +1,6 @@
 """ImageNet-1K, ResNet18_1w1a (reported top-1 61.6, top-5 83.1).
 
-SPEC section 7, ImageNet column (the paper's and the reference's recipe).
+docs/semantics.md, section 7, ImageNet column (the paper's and the reference's recipe).
 """
 
 from configs import default

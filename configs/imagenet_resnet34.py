@@ -1,6 +1,6 @@
 """ImageNet-1K, ResNet34_1w1a (reported top-1 65.5).
 
-SPEC section 7, ImageNet column (the paper's and the reference's recipe).
+docs/semantics.md, section 7, ImageNet column (the paper's and the reference's recipe).
 """
 
 from configs import default

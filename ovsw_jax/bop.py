@@ -13,8 +13,7 @@ first and last layers, ReCU's alpha, ...) need another optimizer, e.g.::
 
   tx = optax.partition(
       {"binary": bop(), "float": optax.sgd(0.1, momentum=0.9)},
-      lambda p: jax.tree.map(lambda b: "binary" if b else "float",
-                             binary_kernel_mask(p)))
+      ovsw_jax.masks.binary_or_float)
 """
 
 from __future__ import annotations

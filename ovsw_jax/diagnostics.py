@@ -4,7 +4,7 @@ A binary weight is ``sign(w)`` of a latent float weight ``w`` (``w >= 0`` is +1,
 as in `ovsw_jax.ops.sign_ste`); it only changes when ``w`` crosses zero. These
 functions measure how often that happens, on parameter trees alone, restricted
 by default to the latent kernels of binary layers
-(`ovsw_jax.transforms.binary_kernel_mask`):
+(`ovsw_jax.masks.binary_kernel_mask`):
 
 * `flip_rate`: the fraction of weights whose sign differs between two params.
 * `FlipRecord` (`init_flip_record`, `update_flip_record`): per-weight flip
@@ -26,31 +26,31 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ovsw_jax import transforms
+from ovsw_jax import masks
 
 OVERALL = "overall"
 
 
 def _selected_leaves(
-    params: optax.Params, mask: Optional[transforms.Mask]
+    params: optax.Params, mask: Optional[masks.Mask]
 ) -> dict[str, jax.Array]:
   """The leaves of ``params`` selected by ``mask``, keyed by their path name."""
   if mask is None:
-    mask = transforms.binary_kernel_mask
+    mask = masks.binary_kernel_mask
   mask_tree = mask(params) if callable(mask) else mask
-  transforms.check_mask(mask_tree, params)
+  masks.check_mask(mask_tree, params)
   # Broadcast the (possibly prefix) mask to one bool per leaf of params.
   flags = jax.tree.leaves(jax.tree.map(
       lambda m, sub: jax.tree.map(lambda _: bool(m), sub), mask_tree, params))
   leaves = jax.tree_util.tree_flatten_with_path(params)[0]
   selected = {
-      transforms.path_name(path): x
+      masks.path_name(path): x
       for (path, x), keep in zip(leaves, flags) if keep
   }
   if not selected:
     raise ValueError(
         "The mask selects no parameter (by default only leaves named"
-        f" '{transforms.LATENT_KERNEL}' are selected); pass `mask=` to choose"
+        f" '{masks.LATENT_KERNEL}' are selected); pass `mask=` to choose"
         " leaves, e.g. `mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p)`.")
   return selected
 
@@ -66,7 +66,7 @@ def _with_overall(per_leaf: dict[str, jax.Array],
 def flip_rate(
     old_params: optax.Params,
     new_params: optax.Params,
-    mask: Optional[transforms.Mask] = None,
+    mask: Optional[masks.Mask] = None,
 ) -> dict[str, jax.Array]:
   """Fraction of weights whose sign differs between two parameter trees.
 
@@ -75,7 +75,7 @@ def flip_rate(
     new_params: params after, same structure.
     mask: which leaves to measure: a tree of bools (or a prefix of the params
       tree) or a callable building it from ``old_params``; default
-      `transforms.binary_kernel_mask`.
+      `masks.binary_kernel_mask`.
 
   Returns:
     ``{path: fraction flipped, ..., 'overall': fraction over all selected
@@ -107,7 +107,7 @@ class FlipRecord(NamedTuple):
 
 
 def init_flip_record(
-    params: optax.Params, mask: Optional[transforms.Mask] = None
+    params: optax.Params, mask: Optional[masks.Mask] = None
 ) -> FlipRecord:
   """Starts a flip record at ``params`` (usually the initial params).
 
@@ -144,7 +144,7 @@ def update_flip_record(record: FlipRecord, params: optax.Params) -> FlipRecord:
     The updated `FlipRecord`. Pure, so it can run under `jax.jit`.
   """
   leaves = {
-      transforms.path_name(path): x
+      masks.path_name(path): x
       for path, x in jax.tree_util.tree_flatten_with_path(params)[0]
   }
   missing = sorted(set(record.prev_sign) - set(leaves))
@@ -228,7 +228,7 @@ def flip_count_vs_magnitude(
   if bin_edges is None and num_bins < 1:
     raise ValueError(f"num_bins must be >= 1, got {num_bins}.")
   leaves = {
-      transforms.path_name(path): x
+      masks.path_name(path): x
       for path, x in jax.tree_util.tree_flatten_with_path(params)[0]
   }
   abs_w = {k: np.abs(np.asarray(leaves[k], np.float64)).ravel()

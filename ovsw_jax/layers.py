@@ -1,19 +1,22 @@
-"""Binary Flax linen layers: 1-bit weights and activations (SPEC section 2).
+"""Binary Flax linen layers: 1-bit weights and activations.
+
+The exact formulas are in docs/semantics.md, section 2.
 
 The latent (float) weights of every binary layer are stored under the parameter
 name ``latent_kernel`` (`LATENT_KERNEL`), so that optimizer masks can find them
-from the parameter tree alone (see `ovsw_jax.transforms.binary_kernel_mask`).
+from the parameter tree alone (see `ovsw_jax.masks.binary_kernel_mask`).
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
+import numpy as np
 
 from ovsw_jax import ops
 
@@ -26,6 +29,15 @@ Initializer = Callable[..., jax.Array]
 Padding = Union[str, Sequence[tuple[int, int]]]
 
 
+def torch_padding(kernel_size: Sequence[int]) -> tuple[tuple[int, int], ...]:
+  """Symmetric ``k // 2`` padding per spatial axis, as torch's ``padding``.
+
+  The default padding of every binary conv and of the models' float convs
+  (XLA's "SAME" pads asymmetrically at stride 2, torch does not).
+  """
+  return tuple((k // 2, k // 2) for k in kernel_size)
+
+
 def kaiming_normal_fan_in() -> Initializer:
   """He/kaiming normal init, fan_in mode, gain sqrt(2): torch's ``kaiming_normal_``.
 
@@ -36,7 +48,9 @@ def kaiming_normal_fan_in() -> Initializer:
 
 
 def standardized_weight_scale(kernel: jax.Array) -> jax.Array:
-  """Per-output-channel ``mean(|standardize_c(w)|)`` (SPEC section 2).
+  """Per-output-channel ``mean(|standardize_c(w)|)``.
+
+  (docs/semantics.md, section 2.)
 
   ``standardize_c(w) = (w - mean_c) / sqrt(var_c(ddof=1) + 1e-5)``, where the
   statistics reduce over every axis but the last (HWIO conv, (in, out) dense).
@@ -139,19 +153,38 @@ def binary_conv_general(a_b: jax.Array, w_b: jax.Array,
   return _pm1_conv(a_b, w_b, strides, padding, jnp.dtype(operand_dtype))
 
 
+def _is_builtin_estimator(estimator: Union[str, ops.Estimator]) -> bool:
+  """Whether ``estimator`` names (or is) one of `ops.ESTIMATORS`."""
+  if isinstance(estimator, str):
+    return estimator in ops.ESTIMATORS
+  return any(estimator is e for e in ops.ESTIMATORS.values())
+
+
 class _BinaryMixin:
-  """What BinaryConv and BinaryDense share: estimators and the output scale."""
+  """What BinaryConv and BinaryDense share: the overridable steps of a layer.
 
-  def _binarize_input(self, x: jax.Array, train: bool) -> jax.Array:
-    if not self.binarize_activations:
-      return x
-    # In eval the normalisation is skipped: sign ignores a positive scale, so
-    # the forward is identical and only the (unused) gradient would differ.
-    if train and self.normalize_activations:
-      x = normalize_per_sample(x)
-    return ops.get_estimator(self.activation_estimator)(x)
+  A binary layer computes ``op(binarize(a), binary_weight(w)) *
+  weight_scale(w)``; a variant (e.g. `ovsw_jax.recu.ReCUConv`) overrides
+  these steps, not ``__call__``:
 
-  def _scale(self, kernel: jax.Array) -> jax.Array:
+  * `normalize_input`: the per-sample activation normalisation (training);
+  * `binary_weight`: the +-1 weights from the latent kernel;
+  * `weight_scale`: the per-output-channel scale;
+  * `eval_signs_and_scale`: the +-1 weights and scale of the eval forward,
+    as NumPy arrays, which `ovsw_jax.deploy.export` packs.
+  """
+
+  def normalize_input(self, x: jax.Array) -> jax.Array:
+    """Training's activation normalisation; OvSW stops its divisor's grad."""
+    return normalize_per_sample(x)
+
+  def binary_weight(self, kernel: jax.Array, train: bool) -> jax.Array:
+    """The +-1 weights: the weight estimator of the latent kernel."""
+    del train  # The same forward in training and evaluation.
+    return ops.get_estimator(self.weight_estimator)(kernel)
+
+  def weight_scale(self, kernel: jax.Array) -> jax.Array:
+    """The learnable ``scale`` param or the standardised ``s_c``."""
     if self.learnable_scale:
       axes = tuple(range(kernel.ndim - 1))
       return self.param(
@@ -159,6 +192,50 @@ class _BinaryMixin:
           lambda _: jnp.mean(jnp.abs(kernel), axis=axes).astype(
               self.param_dtype))
     return standardized_weight_scale(kernel)
+
+  @nn.nowrap
+  def eval_signs_and_scale(self, params: Mapping[str, Any]
+                           ) -> tuple[np.ndarray, np.ndarray]:
+    """The +-1 weights and per-channel scale of the eval forward (NumPy).
+
+    Args:
+      params: this layer's params (``latent_kernel``, and ``scale`` when it
+        is learnable).
+
+    Returns:
+      ``(signs, scale)``: float32 +-1 weights of the kernel's shape and the
+      float32 scale per output channel, equal to the eval forward's to the
+      last bit.
+    """
+    kernel = jnp.asarray(params[LATENT_KERNEL], jnp.float32)
+    # Computed by XLA as the jitted eval computes it, to the last bit
+    # (op-by-op execution rounds differently), so that packed logits equal
+    # the eval's: in a BNN a last-bit change can flip a later sign.
+    scale = (params["scale"] if self.learnable_scale
+             else jax.jit(standardized_weight_scale)(kernel))
+    return _signs(kernel), np.asarray(scale, np.float32)
+
+  @property
+  def exact_pm1_operands(self) -> bool:
+    """Whether the forward's operands are exactly +-1 (binarized activations,
+    built-in estimators), so that reading them in bfloat16 is exact."""
+    return bool(self.binarize_activations) and all(
+        _is_builtin_estimator(e)
+        for e in (self.activation_estimator, self.weight_estimator))
+
+  def _binarize_input(self, x: jax.Array, train: bool) -> jax.Array:
+    if not self.binarize_activations:
+      return x
+    # In eval the normalisation is skipped: sign ignores a positive scale, so
+    # the forward is identical and only the (unused) gradient would differ.
+    if train and self.normalize_activations:
+      x = self.normalize_input(x)
+    return ops.get_estimator(self.activation_estimator)(x)
+
+
+def _signs(w: jax.Array) -> np.ndarray:
+  """``sign(w)`` with 0 -> +1, as the estimators' forward, in NumPy float32."""
+  return np.where(np.asarray(w) < 0, -1.0, 1.0).astype(np.float32)
 
 
 class BinaryConv(_BinaryMixin, nn.Module):
@@ -171,27 +248,32 @@ class BinaryConv(_BinaryMixin, nn.Module):
       out = conv(a_b, w_b) * s_c                  # s_c per output channel
 
   with ``s_c = mean(|standardize_c(w)|)`` (no gradient), or a learnable
-  per-channel ``scale`` initialised to ``mean(|w_c|)``. No bias, zero padding.
+  per-channel ``scale`` initialised to ``mean(|w_c|)``. No bias, zero padding
+  (docs/semantics.md, section 2). A variant (`ovsw_jax.recu.ReCUConv`)
+  subclasses it and overrides the steps `binary_weight`, `weight_scale`,
+  `normalize_input` and `eval_signs_and_scale`, never ``__call__``.
 
   Attributes:
     features: number of output channels.
     kernel_size: spatial size of the kernel.
     strides: spatial strides.
     padding: explicit ``((lo, hi), (lo, hi))`` or a lax padding string. None
-      pads ``k // 2`` on each side, as torch's ``padding=k // 2`` does (XLA's
-      "SAME" pads asymmetrically at stride 2, which would not match).
+      pads ``k // 2`` on each side (`torch_padding`), as torch's ``padding=k
+      // 2`` does (XLA's "SAME" pads asymmetrically at stride 2, which would
+      not match).
     activation_estimator: name in `ops.ESTIMATORS` or a callable.
     weight_estimator: name in `ops.ESTIMATORS` or a callable.
     binarize_activations: False gives a 1-bit-weight, float-activation layer.
     normalize_activations: per-sample normalisation before the activation
-      estimator in training (SPEC section 2).
+      estimator in training (docs/semantics.md, section 2).
     learnable_scale: a learnable per-channel scale instead of ``s_c``.
     dtype: compute dtype of the convolution (None: the input's). +-1 operands
       are exact in bfloat16.
     binary_operand_dtype: with binarized activations, the dtype the forward
-      convolution reads its +-1 operands in, summing in float32 (exact; see
-      `binary_conv_general`); None: the compute dtype. The trainer sets
-      bfloat16 on CPU (``config.cpu_fast_path``), where it is faster.
+      convolution reads its +-1 operands in, summing in float32 (exact for
+      +-1 operands, see `binary_conv_general` and `exact_pm1_operands`);
+      None: the compute dtype. The trainer sets bfloat16 on CPU
+      (``config.cpu_fast_path``), where it is faster.
     param_dtype: dtype of the latent kernel.
     kernel_init: latent kernel initializer (kaiming normal, fan_in).
   """
@@ -214,23 +296,24 @@ class BinaryConv(_BinaryMixin, nn.Module):
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     if x.ndim != 4:
       raise ValueError(
-          f"BinaryConv expects NHWC input of rank 4, got shape {x.shape}; "
-          "add a batch axis with x[None] for a single image.")
+          f"{type(self).__name__} expects NHWC input of rank 4, got shape "
+          f"{x.shape}; add a batch axis with x[None] for a single image.")
     kernel_size = tuple(self.kernel_size)
     kernel = self.param(LATENT_KERNEL, self.kernel_init,
                         (*kernel_size, x.shape[-1], self.features),
                         self.param_dtype)
+    # Params in the order of the checkpoints: kernel, then the scale's.
+    scale = self.weight_scale(kernel)
     dtype = self.dtype or x.dtype
     a_b = self._binarize_input(x, train).astype(dtype)
-    w_b = ops.get_estimator(self.weight_estimator)(kernel).astype(dtype)
-    padding = self.padding
-    if padding is None:
-      padding = tuple((k // 2, k // 2) for k in kernel_size)
+    w_b = self.binary_weight(kernel, train).astype(dtype)
+    padding = (torch_padding(kernel_size) if self.padding is None
+               else self.padding)
     # Float activations are not +-1: only binarized ones may be narrowed.
     operand_dtype = (self.binary_operand_dtype
                      if self.binarize_activations else None)
     y = binary_conv_general(a_b, w_b, self.strides, padding, operand_dtype)
-    return y * self._scale(kernel).astype(y.dtype)
+    return y * scale.astype(y.dtype)
 
 
 class BinaryDense(_BinaryMixin, nn.Module):
@@ -271,6 +354,6 @@ class BinaryDense(_BinaryMixin, nn.Module):
                         (x.shape[-1], self.features), self.param_dtype)
     dtype = self.dtype or x.dtype
     a_b = self._binarize_input(x, train).astype(dtype)
-    w_b = ops.get_estimator(self.weight_estimator)(kernel).astype(dtype)
+    w_b = self.binary_weight(kernel, train).astype(dtype)
     y = a_b @ w_b
-    return y * self._scale(kernel).astype(y.dtype)
+    return y * self.weight_scale(kernel).astype(y.dtype)

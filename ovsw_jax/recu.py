@@ -1,4 +1,6 @@
-"""ReCU: the rectified clamp unit binary convolution (SPEC section 8).
+"""ReCU: the rectified clamp unit binary convolution.
+
+The exact formulas are in docs/semantics.md, section 8.
 
 ReCU (Xu et al., ICCV 2021) standardises each output channel of the latent
 weights, clamps the tails of their distribution at a quantile set by ``tau``,
@@ -29,12 +31,13 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Mapping, Optional, Union
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
+import numpy as np
 
 from ovsw_jax import layers
 from ovsw_jax import ops
@@ -44,7 +47,6 @@ TAU = "tau"
 # Variance floor of the reference's weight standardisation.
 _EPS = 1e-5
 
-Dtype = Any
 Initializer = Callable[..., jax.Array]
 
 
@@ -139,77 +141,55 @@ def recu_weight(kernel: jax.Array, tau: Optional[jax.Array]) -> jax.Array:
   return jnp.where(w1 > bound, bound, jnp.where(w1 < -bound, -bound, w1))
 
 
-class ReCUConv(nn.Module):
-  """2-D binary convolution with ReCU's rectified clamp unit (SPEC section 8).
+class ReCUConv(layers.BinaryConv):
+  """2-D binary convolution with ReCU's rectified clamp unit.
 
-  For NHWC input ``a`` and HWIO latent kernel ``w``::
+  For NHWC input ``a`` and HWIO latent kernel ``w`` (docs/semantics.md,
+  section 8)::
 
       a_n = a / sqrt(var_n(a, ddof=1) + 1e-5)   # train only; WITH gradient
       w_b = sign_ste(recu_weight(w, tau))        # per-channel standardise+clamp
       out = conv(approx_sign(a_n), w_b) * alpha  # alpha: per channel, U[0, 1)
 
-  A drop-in for `ovsw_jax.layers.BinaryConv` (pass ``conv=ReCUConv`` to
-  `ovsw_jax.models.get_model`): same call, latent kernel param
-  ``latent_kernel``, plus a param ``alpha`` (output channels) and the
-  variable ``('recu', 'tau')`` that the trainer sets once per epoch (see the
-  module docstring). Unlike OvSW's conv, the per-sample activation
-  normalisation passes gradient through its divisor.
+  A `ovsw_jax.layers.BinaryConv` that overrides three of its steps: the
+  binary weight, the scale (a param ``alpha``) and the activation
+  normalisation, which passes gradient through its divisor (OvSW's does
+  not). Pass ``conv=ReCUConv`` to `ovsw_jax.models.get_model`. Params:
+  ``latent_kernel`` and ``alpha`` (output channels), plus the variable
+  ``('recu', 'tau')`` that the trainer sets once per epoch (see the module
+  docstring). Everything else is BinaryConv's, ``binary_operand_dtype``
+  included.
 
   Attributes:
-    features: number of output channels.
-    kernel_size: spatial size of the kernel.
-    strides: spatial strides.
-    padding: explicit ``((lo, hi), (lo, hi))`` or a lax padding string; None
-      pads ``k // 2`` on each side, as torch's ``padding=k // 2``.
-    activation_estimator: name in `ops.ESTIMATORS` or a callable.
-    weight_estimator: name in `ops.ESTIMATORS` or a callable.
-    binarize_activations: False gives a 1-bit-weight, float-activation layer.
-    normalize_activations: per-sample normalisation in training.
     learnable_scale: must stay True: ReCU always learns ``alpha``. (Present so
       that models passing BinaryConv's options to every conv work.)
     tau_init: ``tau`` set by ``init`` (ReCU's ``tau_min``).
-    dtype: compute dtype of the convolution (None: the input's).
-    param_dtype: dtype of the latent kernel and ``alpha``.
-    kernel_init: latent kernel initializer (kaiming normal, fan_in).
     alpha_init: ``alpha`` initializer, U[0, 1) as ``torch.rand``.
+    (The other attributes are `ovsw_jax.layers.BinaryConv`'s; ``param_dtype``
+    is also the dtype of ``alpha``.)
 
   References:
     Xu et al., `ReCU: Reviving the Dead Weights in Binary Neural Networks
     <https://arxiv.org/abs/2103.12369>`_, ICCV 2021
   """
 
-  features: int
-  kernel_size: Sequence[int] = (3, 3)
-  strides: Sequence[int] = (1, 1)
-  padding: Optional[layers.Padding] = None
-  activation_estimator: Union[str, ops.Estimator] = "approx_sign"
-  weight_estimator: Union[str, ops.Estimator] = "sign_ste"
-  binarize_activations: bool = True
-  normalize_activations: bool = True
   learnable_scale: bool = True
   tau_init: float = 0.85
-  dtype: Optional[Dtype] = None
-  param_dtype: Dtype = jnp.float32
-  kernel_init: Initializer = layers.kaiming_normal_fan_in()
   alpha_init: Initializer = nn.initializers.uniform(scale=1.0)
 
-  @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    if x.ndim != 4:
-      raise ValueError(
-          f"ReCUConv expects NHWC input of rank 4, got shape {x.shape}; add a "
-          "batch axis with x[None] for a single image.")
+  def normalize_input(self, x: jax.Array) -> jax.Array:
+    return layers.normalize_per_sample(x, stop_gradient=False)
+
+  def weight_scale(self, kernel: jax.Array) -> jax.Array:
     if not self.learnable_scale:
       raise ValueError(
           "ReCUConv always learns its per-channel scale alpha; "
           "learnable_scale=False is not supported (leave it unset, or use "
           "ovsw_jax.layers.BinaryConv).")
-    kernel_size = tuple(self.kernel_size)
-    kernel = self.param(layers.LATENT_KERNEL, self.kernel_init,
-                        (*kernel_size, x.shape[-1], self.features),
-                        self.param_dtype)
-    alpha = self.param("alpha", self.alpha_init, (self.features,),
-                       self.param_dtype)
+    return self.param("alpha", self.alpha_init, (self.features,),
+                      self.param_dtype)
+
+  def binary_weight(self, kernel: jax.Array, train: bool) -> jax.Array:
     tau = None
     if self.is_initializing() or self.has_variable(TAU_COLLECTION, TAU):
       tau = self.variable(TAU_COLLECTION, TAU,
@@ -224,19 +204,16 @@ class ReCUConv(nn.Module):
       # Clamping at +-Q (Q > 0) keeps every sign: the eval forward is
       # the same without it, and so needs no tau.
       tau = None
+    return ops.get_estimator(self.weight_estimator)(recu_weight(kernel, tau))
 
-    dtype = self.dtype or x.dtype
-    if self.binarize_activations:
-      if train and self.normalize_activations:
-        x = layers.normalize_per_sample(x, stop_gradient=False)
-      x = ops.get_estimator(self.activation_estimator)(x)
-    a_b = x.astype(dtype)
-    w_b = ops.get_estimator(self.weight_estimator)(
-        recu_weight(kernel, tau)).astype(dtype)
-    padding = self.padding
-    if padding is None:
-      padding = tuple((k // 2, k // 2) for k in kernel_size)
-    y = lax.conv_general_dilated(
-        a_b, w_b, window_strides=tuple(self.strides), padding=padding,
-        dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    return y * alpha.astype(y.dtype)
+  @nn.nowrap
+  def eval_signs_and_scale(self, params: Mapping[str, Any]
+                           ) -> tuple[np.ndarray, np.ndarray]:
+    kernel = jnp.asarray(params[layers.LATENT_KERNEL], jnp.float32)
+    # Clamping keeps signs, so the eval forward binarizes the standardised
+    # kernel (recu_weight with tau=None) and scales by alpha. Jitted, like
+    # the eval forward that computes it: a different rounding could move a
+    # weight equal to its channel mean across 0.
+    w = jax.jit(recu_weight, static_argnums=1)(kernel, None)
+    signs = np.where(np.asarray(w) < 0, -1.0, 1.0).astype(np.float32)
+    return signs, np.asarray(params["alpha"], np.float32)

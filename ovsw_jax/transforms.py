@@ -1,4 +1,4 @@
-"""OvSW's optax gradient transformations (SPEC sections 4-6).
+"""OvSW's optax gradient transformations (docs/semantics.md, sections 4-6).
 
 * `adaptive_gradient_scaling` (AGS): raises each output channel's gradient norm
   to at least ``delta`` times its weight norm; the mirror image of
@@ -21,15 +21,19 @@ a single group.
 from __future__ import annotations
 
 import numbers
-from typing import Any, Callable, NamedTuple, Optional, Union
+from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from ovsw_jax.layers import LATENT_KERNEL
-
-Mask = Union[Any, Callable[[optax.Params], Any]]
+# Re-exported: they lived here before `ovsw_jax.masks`.
+# pylint: disable=unused-import
+from ovsw_jax.masks import binary_kernel_mask
+from ovsw_jax.masks import check_mask
+from ovsw_jax.masks import Mask
+from ovsw_jax.masks import path_name
+# pylint: enable=unused-import
 
 # The wording of optax's own (private) `base.NO_PARAMS_MSG`.
 _NO_PARAMS_MSG = (
@@ -41,70 +45,6 @@ _NO_PARAMS_MSG = (
 def _is_concrete(x: Any) -> bool:
   """Whether ``x`` is a plain number, not an (injected) array hyperparameter."""
   return isinstance(x, numbers.Real)
-
-
-def path_name(path: tuple[Any, ...]) -> str:
-  """Joins a JAX key path with '/', e.g. ``'params/conv1/latent_kernel'``.
-
-  Args:
-    path: a key path as given by `jax.tree_util.tree_flatten_with_path`.
-
-  Returns:
-    The '/'-joined names of the dict keys, attributes and indices in ``path``.
-  """
-  names = []
-  for entry in path:
-    for attr in ("key", "name", "idx"):
-      if hasattr(entry, attr):
-        names.append(str(getattr(entry, attr)))
-        break
-    else:
-      names.append(str(entry))
-  return "/".join(names)
-
-
-def binary_kernel_mask(params: optax.Params) -> Any:
-  """Selects the latent kernels of the binary layers.
-
-  Works on plain dicts and FrozenDicts, with or without the ``{'params': ...}``
-  wrapper, and on trees holding `optax.MaskedNode` (as seen inside
-  `optax.partition`).
-
-  Args:
-    params: a parameter (or update) tree.
-
-  Returns:
-    A tree of the same structure whose leaves are True exactly on leaves whose
-    last key is ``latent_kernel`` (`ovsw_jax.layers.LATENT_KERNEL`).
-  """
-
-  def is_binary(path, _):
-    return bool(path) and getattr(path[-1], "key", None) == LATENT_KERNEL
-
-  return jax.tree_util.tree_map_with_path(is_binary, params)
-
-
-def check_mask(mask_tree: Any, params: optax.Params,
-               name: str = "mask") -> None:
-  """Checks that a mask tree fits a params tree, as `optax.masked` needs.
-
-  Args:
-    mask_tree: a tree of bools.
-    params: the params tree; ``mask_tree`` must be it or a prefix of it.
-    name: the mask's name in the error message.
-
-  Raises:
-    ValueError: naming both tree structures when they do not fit.
-  """
-  try:
-    jax.tree.structure(mask_tree).flatten_up_to(params)
-  except (ValueError, TypeError) as e:
-    raise ValueError(
-        f"`{name}` must have the structure of the params tree (or a prefix of"
-        f" it), got mask structure {jax.tree.structure(mask_tree)} for params"
-        f" structure {jax.tree.structure(params)}. Build the mask from the"
-        " params (e.g. a callable such as `binary_kernel_mask`)."
-    ) from e
 
 
 def _masked(
@@ -332,7 +272,9 @@ def ovsw(
     mask: Optional[Mask] = None,
     weight_decay_mask: Optional[Mask] = None,
 ) -> optax.GradientTransformation:
-  """SGD with momentum, AGS and SAD: the optimizer of OvSW (SPEC section 6).
+  """SGD with momentum, AGS and SAD: the optimizer of OvSW.
+
+  docs/semantics.md, section 6; the paper's Algorithm 1.
 
   In the reference order::
 

@@ -18,13 +18,16 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from ovsw_jax import bitpack
 from ovsw_jax import data
-from ovsw_jax import export
 from ovsw_jax import models
-from ovsw_jax import packed
 from ovsw_jax import recu
-from ovsw_jax import train_lib
+from ovsw_jax.deploy import bitpack
+from ovsw_jax.deploy import cli
+from ovsw_jax.deploy import export
+from ovsw_jax.deploy import format as packed_format
+from ovsw_jax.deploy import infer
+from ovsw_jax.training import loop
+from ovsw_jax.training import methods
 
 
 def pm1(x):
@@ -160,23 +163,24 @@ def test_packed_model_reproduces_the_float_eval(name, tmp_path):
   pm = export.export_model(model, variables, model_name=name,
                            model_options=SMALL[name], image_shape=shape)
   path = tmp_path / f"{name}.npz"
-  size = packed.save(pm, path)
+  size = packed_format.save(pm, path)
   assert size == os.path.getsize(path)
-  loaded = packed.load(path)
-  got = np.asarray(packed.make_predict_fn(loaded)(images))
+  loaded = packed_format.load(path)
+  got = np.asarray(infer.make_predict_fn(loaded)(images))
   assert np.all(rel_err(got, ref) <= 1e-5), rel_err(got, ref)
   np.testing.assert_array_equal(got.argmax(-1), ref.argmax(-1))
 
   # Every binary layer is packed, none of its latent weights stored.
   binary = {p for p, e in loaded.header["layers"].items()
-            if e["kind"] in (packed.BINARY_CONV, packed.BINARY_DENSE)}
+            if e["kind"] in (packed_format.BINARY_CONV,
+                             packed_format.BINARY_DENSE)}
   latent = {"/".join(str(getattr(k, "key", k)) for k in path[:-1])
             for path, _ in jax.tree_util.tree_flatten_with_path(
                 variables["params"])[0]
             if getattr(path[-1], "key", None) == "latent_kernel"}
   assert binary == latent and binary
   assert not any(k.endswith("latent_kernel") for k in
-                 packed._flatten(loaded.variables, ""))  # pylint: disable=protected-access
+                 packed_format.flatten(loaded.variables, ""))
   # Size: one bit per binary weight (rounded up to words) + float32 rest.
   n_binary = sum(np.size(_get(variables["params"], p)["latent_kernel"])
                  for p in binary)
@@ -201,11 +205,11 @@ def test_recu_and_learnable_scale_models_export_exactly(tmp_path):
     ref = eval_logits(model, variables, images)
     pm = export.export_model(
         model, variables, model_name="cresnet20_1w1a",
-        model_options=export._json_options(options),  # pylint: disable=protected-access
+        model_options=export.json_model_options(options),
         image_shape=(16, 16, 3))
-    packed.save(pm, tmp_path / "m.npz")
-    got = np.asarray(packed.make_predict_fn(packed.load(tmp_path / "m.npz"))(
-        images))
+    packed_format.save(pm, tmp_path / "m.npz")
+    got = np.asarray(infer.make_predict_fn(
+        packed_format.load(tmp_path / "m.npz"))(images))
     assert np.all(rel_err(got, ref) <= 1e-5), (options, rel_err(got, ref))
 
 
@@ -220,12 +224,13 @@ def test_fold_batchnorm_table_matches_the_formula():
   # Each binary conv's BN (bn1 after conv1, bn2 after conv2) is folded into
   # it; the float downsample conv's BN into a float32 epilogue; the head's BN
   # (after the pooling) is an affine.
-  assert table["layer1_0/bn1"] == {"kind": packed.BN_FOLDED,
+  assert table["layer1_0/bn1"] == {"kind": packed_format.BN_FOLDED,
                                    "into": "layer1_0/conv1"}
-  assert table["layer2_0/downsample_bn"]["kind"] == packed.BN_FOLDED
-  assert table["layer2_0/downsample_conv"]["kind"] == packed.FLOAT_AFFINE
-  assert table["bn2"]["kind"] == packed.BN_AFFINE
-  assert table["bn1"]["kind"] == packed.BN_FOLDED  # After the float stem.
+  assert table["layer2_0/downsample_bn"]["kind"] == packed_format.BN_FOLDED
+  assert table["layer2_0/downsample_conv"]["kind"] == packed_format.FLOAT_AFFINE
+  assert table["bn2"]["kind"] == packed_format.BN_AFFINE
+  # After the float stem.
+  assert table["bn1"]["kind"] == packed_format.BN_FOLDED
   conv = "layer3_0/conv2"
   kernel = np.asarray(params["layer3_0"]["conv2"]["latent_kernel"],
                       np.float64)
@@ -248,8 +253,8 @@ def test_float16_export_stores_float_layers_in_half(tmp_path):
     pm = export.export_model(model, variables, model_name="resnet18_1w1a",
                              model_options=SMALL["resnet18_1w1a"],
                              image_shape=(32, 32, 3), float_dtype=dtype)
-    sizes[dtype] = packed.save(pm, tmp_path / f"{dtype}.npz")
-  loaded = packed.load(tmp_path / "float16.npz")
+    sizes[dtype] = packed_format.save(pm, tmp_path / f"{dtype}.npz")
+  loaded = packed_format.load(tmp_path / "float16.npz")
   v = loaded.variables
   assert v["params"]["fc"]["kernel"].dtype == np.float16
   assert v["params"]["conv1"]["kernel"].dtype == np.float16
@@ -264,22 +269,24 @@ def test_float16_export_stores_float_layers_in_half(tmp_path):
 
 
 def test_bad_files_get_clear_errors(tmp_path):
-  with pytest.raises(FileNotFoundError, match="python -m ovsw_jax.export"):
-    packed.load(tmp_path / "missing.npz")
+  with pytest.raises(FileNotFoundError,
+                     match="python -m ovsw_jax.deploy export"):
+    packed_format.load(tmp_path / "missing.npz")
   model = models.get_model("cresnet20_1w1a", 10, stage_sizes=(1, 1, 1))
   variables = random_variables(model, (8, 8, 3))
   pm = export.export_model(model, variables, model_name="cresnet20_1w1a",
                            model_options={"stage_sizes": [1, 1, 1]},
                            image_shape=(8, 8, 3))
   good = tmp_path / "good.npz"
-  packed.save(pm, good)
+  packed_format.save(pm, good)
   blob = good.read_bytes()
   (tmp_path / "truncated.npz").write_bytes(blob[:len(blob) // 2])
-  with pytest.raises(packed.PackedFormatError, match="truncated.npz.*export"):
-    packed.load(tmp_path / "truncated.npz")
+  with pytest.raises(packed_format.PackedFormatError,
+                     match="truncated.npz.*export"):
+    packed_format.load(tmp_path / "truncated.npz")
   np.savez(tmp_path / "other.npz", x=np.zeros(3))
-  with pytest.raises(packed.PackedFormatError, match="no '__header__'"):
-    packed.load(tmp_path / "other.npz")
+  with pytest.raises(packed_format.PackedFormatError, match="no '__header__'"):
+    packed_format.load(tmp_path / "other.npz")
   with pytest.raises(ValueError, match="float_dtype='int8'"):
     export.export_model(model, variables, model_name="cresnet20_1w1a",
                         model_options={}, image_shape=(8, 8, 3),
@@ -290,7 +297,7 @@ def test_bad_files_get_clear_errors(tmp_path):
     export.export_model(float_acts, variables, model_name="cresnet20_1w1a",
                         model_options={}, image_shape=(8, 8, 3))
   with pytest.raises(FileNotFoundError, match="--config=configs/"):
-    export.export_checkpoint(str(tmp_path), str(tmp_path / "x.npz"))
+    cli.export_checkpoint(str(tmp_path), str(tmp_path / "x.npz"))
 
 
 def _float_activation_conv():
@@ -311,8 +318,8 @@ def test_packed_cresnet20_predicts_like_the_float_eval_on_cifar10(
              PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
   out = tmp_path / "r20.npz"
   proc = subprocess.run(
-      [sys.executable, "-m", "ovsw_jax.export", f"--workdir={workdir}",
-       f"--out={out}", "--float_dtype=float32"],
+      [sys.executable, "-m", "ovsw_jax.deploy", "export",
+       f"--workdir={workdir}", f"--out={out}", "--float_dtype=float32"],
       env=env, capture_output=True, text=True, cwd=REPO, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
   exported = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -322,7 +329,7 @@ def test_packed_cresnet20_predicts_like_the_float_eval_on_cifar10(
   # The inference CLI's top-1 is the trainer's own eval top-1, image for
   # image (the same 10,000 test images).
   proc = subprocess.run(
-      [sys.executable, "-m", "ovsw_jax.packed", f"--packed={out}",
+      [sys.executable, "-m", "ovsw_jax.deploy", "evaluate", f"--packed={out}",
        "--dataset=cifar10", f"--data_dir={config.data_dir}"],
       env=env, capture_output=True, text=True, cwd=REPO, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -331,12 +338,12 @@ def test_packed_cresnet20_predicts_like_the_float_eval_on_cifar10(
   assert evaluated["top1"] == pytest.approx(result["eval_top1"], abs=1e-9)
 
   # Logits, against the float eval of the same checkpoint.
-  state, _ = train_lib.load_checkpoint(config, workdir)
-  model = train_lib.create_model(config, 10)
+  state, _ = loop.load_checkpoint(config, workdir)
+  model = methods.create_model(config, 10)
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   float_fn = jax.jit(lambda v, x: model.apply(v, x, train=False))
-  pm = packed.load(out)
-  predict = packed.make_predict_fn(pm)
+  pm = packed_format.load(out)
+  predict = infer.make_predict_fn(pm)
   errors, same, count = [], 0, 0
   for batch in data.create_eval_iterator("cifar10", config.data_dir, 1000):
     ref = np.asarray(float_fn(variables, batch["image"]))

@@ -170,9 +170,10 @@ def test_trainer_narrows_only_exact_binary_convs(monkeypatch):
   assert model.binary_operand_dtype == jnp.bfloat16
   assert methods.create_model(
       _config(cpu_fast_path=False), 10).binary_operand_dtype is None
-  # ReCU's conv is not a BinaryConv: left alone.
+  # ReCU's conv is a BinaryConv with +-1 operands: narrowed too (bit-exact,
+  # tests/test_recu.py).
   assert methods.create_model(_config(method="recu"), 10
-                                ).binary_operand_dtype is None
+                                ).binary_operand_dtype == jnp.bfloat16
   # A custom estimator may not be +-1: left alone.
   custom = _config()
   custom.model_options = {"activation_estimator": lambda x: x}

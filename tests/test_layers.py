@@ -1,4 +1,7 @@
-"""BinaryConv / BinaryDense against a NumPy model of SPEC section 2."""
+"""BinaryConv / BinaryDense against a NumPy model.
+
+The model is docs/semantics.md, section 2.
+"""
 
 import jax
 import jax.numpy as jnp
@@ -6,6 +9,7 @@ import numpy as np
 import pytest
 
 from ovsw_jax import layers
+from ovsw_jax import ops
 
 
 def np_sign(x):
@@ -182,3 +186,43 @@ def test_estimators_selectable_by_name_and_function():
   by_fn = layers.BinaryConv(2, weight_estimator=my_sign)
   by_fn.apply(v, a)
   assert calls == [(3, 3, 2, 2)]
+
+
+def test_exact_pm1_operands_only_for_builtin_estimators_and_binary_inputs():
+  assert layers.BinaryConv(4).exact_pm1_operands
+  assert layers.BinaryConv(4, activation_estimator="ste_sign",
+                           weight_estimator=ops.swish_sign).exact_pm1_operands
+  assert not layers.BinaryConv(4, binarize_activations=False
+                               ).exact_pm1_operands
+  # A custom estimator may not be +-1 forward: no narrowing.
+  assert not layers.BinaryConv(4, activation_estimator=jnp.tanh
+                               ).exact_pm1_operands
+  assert not layers.BinaryDense(4, weight_estimator=lambda w: w
+                                ).exact_pm1_operands
+
+
+@pytest.mark.parametrize("learnable_scale", [False, True])
+def test_eval_signs_and_scale_are_the_eval_forwards(learnable_scale):
+  rng = np.random.default_rng(7)
+  a = jnp.asarray(rng.normal(size=(2, 5, 5, 3)), jnp.float32)
+  conv = layers.BinaryConv(4, learnable_scale=learnable_scale)
+  params = conv.init(jax.random.PRNGKey(1), a)["params"]
+  signs, scale = conv.eval_signs_and_scale(params)
+  w = np.asarray(params["latent_kernel"], np.float64)
+  np.testing.assert_array_equal(signs, np_sign(w))
+  want = (np.asarray(params["scale"]) if learnable_scale
+          else np.asarray(jax.jit(layers.standardized_weight_scale)(
+              params["latent_kernel"])))
+  np.testing.assert_array_equal(scale, want)
+  if not learnable_scale:
+    np.testing.assert_allclose(scale, np_scale(w), rtol=1e-5)
+  # The eval forward is exactly conv(sign(a), signs) * scale.
+  y = jax.jit(conv.apply)({"params": params}, a)
+  np.testing.assert_allclose(
+      y, np_conv(np_sign(np.asarray(a)), signs, 1, 1) * scale, rtol=1e-6,
+      atol=1e-6)
+
+
+def test_torch_padding_is_k_over_2_per_side():
+  assert layers.torch_padding((3, 3)) == ((1, 1), (1, 1))
+  assert layers.torch_padding((7, 1)) == ((3, 3), (0, 0))

@@ -1,4 +1,6 @@
-"""ReCUConv and its tau schedule against a NumPy float64 model (SPEC 8).
+"""ReCUConv and its tau schedule against a NumPy float64 model.
+
+The model is docs/semantics.md, section 8.
 
 The NumPy model includes a hand-derived backward pass (through the per-channel
 mean and std of the weights, the clamp, the STE, the activation estimator and
@@ -81,7 +83,7 @@ def np_conv_vjp(a, w, g, stride, pad):
 
 
 def np_recu(a, w, alpha, tau, g, stride, pad, train=True):
-  """Forward and gradients (a, w, alpha) of sum(out * g), SPEC section 8."""
+  """Forward and gradients (a, w, alpha) of sum(out * g), section 8."""
   w1 = np_w1(w)
   with np.errstate(divide="ignore"):  # tau = 1: Q = inf, no clamp
     q = -np.abs(w1).mean() * np.log(2 - 2 * tau)
@@ -280,3 +282,43 @@ def test_model_with_recu_conv():
   new = recu.set_tau(tau_vars, 0.97)
   assert jax.tree.structure(new) == jax.tree.structure(tau_vars)
   assert all(float(t) == np.float32(0.97) for t in jax.tree.leaves(new))
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_bfloat16_operands_are_bit_identical_to_float32(stride):
+  """ReCUConv inherits BinaryConv's narrow-operand conv: exact for +-1."""
+  _, x, params, tau_vars = _setup(stride)
+  variables = {"params": params, "recu": recu.set_tau(tau_vars, 0.85)}
+  g = np.random.default_rng(4).normal(
+      size=(2, 6 // stride, 6 // stride, 5)).astype(np.float32)
+
+  def run(operand_dtype):
+    conv = recu.ReCUConv(5, strides=(stride, stride),
+                         binary_operand_dtype=operand_dtype)
+
+    def loss(p, x):
+      y = conv.apply({**variables, "params": p}, x, train=True)
+      return jnp.sum(y * g), y
+
+    (_, y), grads = jax.jit(jax.value_and_grad(
+        loss, argnums=(0, 1), has_aux=True))(params, jnp.asarray(x))
+    y_eval = jax.jit(lambda p, x: conv.apply({"params": p}, x))(
+        params, jnp.asarray(x))
+    return y, y_eval, grads
+
+  want, got = run(None), run(jnp.bfloat16)
+  assert recu.ReCUConv(5).exact_pm1_operands
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    assert a.dtype == b.dtype == jnp.float32
+    np.testing.assert_array_equal(a, b)
+
+
+def test_recu_conv_is_a_binary_conv_with_its_own_steps():
+  assert issubclass(recu.ReCUConv, layers.BinaryConv)
+  # The shared __call__, not a copy: only the steps are overridden.
+  assert "__call__" not in vars(recu.ReCUConv)
+  conv, _, params, _ = _setup()
+  signs, alpha = conv.eval_signs_and_scale(params)
+  want = np_sign(np_w1(np.asarray(params["latent_kernel"], np.float64)))
+  np.testing.assert_array_equal(signs, want)
+  np.testing.assert_array_equal(alpha, np.asarray(params["alpha"]))

@@ -153,7 +153,7 @@ def test_unknown_override_on_the_command_line(tmp_path, compile_cache):
 
 
 # ---------------------------------------------------------------------------
-# Learning-rate schedule (SPEC section 7)
+# Learning-rate schedule (docs/semantics.md, section 7)
 # ---------------------------------------------------------------------------
 
 

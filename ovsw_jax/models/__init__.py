@@ -1,4 +1,6 @@
-"""The five OvSW models (SPEC section 3) and a registry to build them by name.
+"""The five OvSW models and a registry to build them by name.
+
+The architectures are described in docs/semantics.md, section 3.
 
 Example::
 

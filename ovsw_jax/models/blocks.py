@@ -1,11 +1,11 @@
-"""Building blocks shared by the OvSW models (SPEC section 3).
+"""Building blocks shared by the OvSW models (docs/semantics.md, section 3).
 
 Everything here follows PyTorch's conventions where they differ from Flax's
 defaults, so that weights converted from the reference (`ovsw_jax.convert`)
 give the same outputs:
 
-* convolutions pad ``k // 2`` on each side (XLA's "SAME" pads asymmetrically
-  at stride 2);
+* convolutions pad ``k // 2`` on each side (`layers.torch_padding`; XLA's
+  "SAME" pads asymmetrically at stride 2);
 * BatchNorm uses momentum 0.9 (torch's 0.1) and epsilon 1e-5;
 * max pooling pads with -inf.
 
@@ -26,6 +26,9 @@ import jax.numpy as jnp
 
 from ovsw_jax import layers
 from ovsw_jax import ops
+# Re-exported: it lived here before layers.torch_padding.
+# pylint: disable-next=unused-import
+from ovsw_jax.layers import torch_padding
 
 ModuleDef = Any
 Dtype = Any
@@ -42,11 +45,6 @@ def hardtanh(x: jax.Array) -> jax.Array:
   """
   one = jnp.ones((), x.dtype)
   return jnp.where(x <= -1, -one, jnp.where(x >= 1, one, x))
-
-
-def torch_padding(kernel_size: Sequence[int]) -> tuple[tuple[int, int], ...]:
-  """Symmetric ``k // 2`` padding per spatial axis, as torch's ``padding=k//2``."""
-  return tuple((k // 2, k // 2) for k in kernel_size)
 
 
 def torch_linear_init() -> Initializer:

@@ -1,4 +1,6 @@
-"""Binary ResNets for CIFAR: cResNet20_1w1a and cResNet18_1w1a (SPEC section 3).
+"""Binary ResNets for CIFAR: cResNet20_1w1a and cResNet18_1w1a.
+
+The architectures are described in docs/semantics.md, section 3.
 
 Submodule names follow the reference's PyTorch ``state_dict`` with ``.``
 between a stage and a block index written ``_``:
@@ -24,6 +26,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 
+from ovsw_jax import layers
 from ovsw_jax.models import blocks
 
 
@@ -43,7 +46,7 @@ class CResNet20(blocks.BinaryNet):
     x = self.check_input(x)
     norm = self.norm(train)
     conv = self.binary_conv()
-    x = self.float_conv()(16, (3, 3), padding=blocks.torch_padding((3, 3)),
+    x = self.float_conv()(16, (3, 3), padding=layers.torch_padding((3, 3)),
                           name="conv1")(x)
     x = blocks.hardtanh(norm(name="bn1")(x))
     in_planes = 16
@@ -74,7 +77,7 @@ class CResNet18(blocks.BinaryNet):
     x = self.check_input(x)
     norm = self.norm(train)
     conv = self.binary_conv()
-    x = self.float_conv()(64, (3, 3), padding=blocks.torch_padding((3, 3)),
+    x = self.float_conv()(64, (3, 3), padding=layers.torch_padding((3, 3)),
                           name="conv1")(x)
     x = norm(name="bn1")(x)
     in_planes = 64

@@ -1,4 +1,6 @@
-"""Binary ResNet-18/34 for ImageNet: ResNet18_1w1a, ResNet34_1w1a (SPEC 3).
+"""Binary ResNet-18/34 for ImageNet: ResNet18_1w1a, ResNet34_1w1a.
+
+The architecture is described in docs/semantics.md, section 3.
 
 Submodule names follow the reference's PyTorch ``state_dict``:
 
@@ -22,6 +24,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 
+from ovsw_jax import layers
 from ovsw_jax.models import blocks
 
 # The reference fills every BatchNorm2d weight with 1e-8, so each residual
@@ -51,7 +54,7 @@ class ResNet(blocks.BinaryNet):
     conv = self.binary_conv()
     float_conv = self.float_conv()
     x = float_conv(64, (7, 7), strides=(2, 2),
-                   padding=blocks.torch_padding((7, 7)), name="conv1")(x)
+                   padding=layers.torch_padding((7, 7)), name="conv1")(x)
     x = blocks.hardtanh(norm(name="bn1")(x))
     x = blocks.max_pool_torch(x, 3, 2, padding=1)
     in_planes = 64

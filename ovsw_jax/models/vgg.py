@@ -1,4 +1,4 @@
-"""VGGSmall_1w1a for CIFAR (SPEC section 3).
+"""VGGSmall_1w1a for CIFAR (docs/semantics.md, section 3).
 
 Submodule names are the reference's: ``conv0``/``bn0`` (float stem),
 ``conv1``..``conv5`` (binary), ``bn1``..``bn5``, ``nonlinear5`` (PReLU) and
@@ -11,6 +11,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 
+from ovsw_jax import layers
 from ovsw_jax.models import blocks
 
 
@@ -32,7 +33,7 @@ class VGGSmall(blocks.BinaryNet):
     norm = self.norm(train)
     init = blocks.kaiming_normal_fan_out()
     conv = self.binary_conv(kernel_init=init)
-    x = self.float_conv(init)(128, (3, 3), padding=blocks.torch_padding((3, 3)),
+    x = self.float_conv(init)(128, (3, 3), padding=layers.torch_padding((3, 3)),
                               name="conv0")(x)
     x = blocks.hardtanh(norm(name="bn0")(x))
     # (width, max pool after the conv) of conv1..conv5.

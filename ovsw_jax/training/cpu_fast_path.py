@@ -22,7 +22,10 @@ from jax.sharding import Mesh
 import numpy as np
 
 from ovsw_jax import layers
-from ovsw_jax import ops
+
+# The model options that decide whether a binary conv's operands are +-1.
+_CONV_OPTIONS = ("activation_estimator", "weight_estimator",
+                 "binarize_activations")
 
 # The CPU fast path: XLA options for the jitted train and eval steps, on CPU
 # only. jaxlib 0.10's XLA:CPU hands convolutions and dots to YNNPACK and
@@ -95,18 +98,17 @@ def narrow_binary_operands(platform: str, enabled: bool,
     enabled: config.cpu_fast_path.
     options: the model's keyword options (`ovsw_jax.models.get_model`).
 
-  Only where it is exact and measured faster: on the CPU backend, with
-  `layers.BinaryConv` (or a subclass) and the built-in estimators, whose
-  forward is exactly +-1; never over an explicit ``binary_operand_dtype``.
+  Only where it is exact and measured faster: on the CPU backend, with a
+  conv that says its operands are exactly +-1 (`layers.BinaryConv` and its
+  subclasses, through ``exact_pm1_operands``); never over an explicit
+  ``binary_operand_dtype``.
   """
   if not uses_cpu_fast_path(platform, enabled):
     return False
   if "binary_operand_dtype" in options:
     return False
-  conv = options.get("conv", layers.BinaryConv)
-  while isinstance(conv, functools.partial):
-    conv = conv.func
-  if not (isinstance(conv, type) and issubclass(conv, layers.BinaryConv)):
-    return False
-  return all(options.get(k) is None or options.get(k) in ops.ESTIMATORS
-             for k in ("activation_estimator", "weight_estimator"))
+  # The models pass these options on to every binary conv; a conv built
+  # with them answers for itself.
+  conv_options = {k: options[k] for k in _CONV_OPTIONS if k in options}
+  conv = options.get("conv", layers.BinaryConv)(features=1, **conv_options)
+  return isinstance(conv, layers.BinaryConv) and conv.exact_pm1_operands

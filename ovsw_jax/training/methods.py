@@ -27,6 +27,7 @@ import ml_collections
 import optax
 
 from ovsw_jax import bop
+from ovsw_jax import masks
 from ovsw_jax import models
 from ovsw_jax import recu
 from ovsw_jax import transforms
@@ -196,12 +197,6 @@ def _lars(config, learning_rate_fn):
       transforms.binary_kernel_mask)]
 
 
-def _binary_or_float(params: Any) -> Any:
-  """`optax.partition` labels: 'binary' on binary latent kernels."""
-  return jax.tree.map(lambda b: "binary" if b else "float",
-                      transforms.binary_kernel_mask(params))
-
-
 def _bop(config, learning_rate_fn):
   """Bop on the binary kernels; weight decay + SGD momentum on the rest.
 
@@ -212,7 +207,7 @@ def _bop(config, learning_rate_fn):
   return [optax.partition(
       {"binary": bop.bop(config.bop_threshold, config.bop_gamma),
        "float": optax.chain(*_sgd(config, learning_rate_fn))},
-      _binary_or_float)]
+      masks.binary_or_float)]
 
 
 def _recu(config):

@@ -1,0 +1,154 @@
+"""The deployment command lines, and `export_checkpoint` behind them.
+
+The only deploy module that imports `ovsw_jax.training`: it reads a training
+workdir (its config and checkpoint) through the training package's public
+functions. Run as ``python -m ovsw_jax.deploy <command>`` (`__main__`)::
+
+  python -m ovsw_jax.deploy export --workdir=/tmp/r20 --out=/tmp/r20.npz \
+      [--checkpoint=latest|best|<step>] [--float_dtype=float32|float16] \
+      [--config=configs/cifar10_resnet20.py]
+  python -m ovsw_jax.deploy evaluate --packed=/tmp/r20.npz --dataset=cifar10 \
+      [--data_dir=...] [--batch_size=500]
+
+Each prints one JSON line: the export's sizes and step, or the packed
+model's top-1 and speed on the dataset's eval split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Any, Optional, Sequence, Union
+
+import ml_collections
+import numpy as np
+
+from ovsw_jax import models
+from ovsw_jax.deploy import export as export_lib
+from ovsw_jax.deploy import format as format_lib
+from ovsw_jax.deploy import infer
+from ovsw_jax.training import config as config_lib
+from ovsw_jax.training import loop
+from ovsw_jax.training import methods
+from ovsw_jax.training import workdir as workdir_lib
+
+
+def _which(checkpoint: str) -> Union[str, int]:
+  """'latest', 'best' or a step number, as `loop.load_checkpoint` takes."""
+  if checkpoint in ("latest", "best"):
+    return checkpoint
+  try:
+    return int(checkpoint)
+  except ValueError:
+    raise ValueError(
+        f"checkpoint={checkpoint!r}; use 'latest', 'best' or a step "
+        "number") from None
+
+
+def export_checkpoint(workdir: str, out: str, *, checkpoint: str = "latest",
+                      float_dtype: str = "float32",
+                      config: Optional[ml_collections.ConfigDict] = None
+                      ) -> dict[str, Any]:
+  """Exports a training workdir's checkpoint to a packed file.
+
+  Args:
+    workdir: the training run's workdir (holds config.json and checkpoints/).
+    out: the packed file to write.
+    checkpoint: 'latest', 'best' or a step number.
+    float_dtype: 'float32' or 'float16' for the float layers.
+    config: the run's config; default: ``workdir/config.json`` (written by
+      the trainer).
+
+  Returns:
+    ``{'out', 'bytes', 'float32_bytes', 'step', 'model', 'float_dtype'}``.
+
+  Raises:
+    FileNotFoundError: no config.json (and no ``config``) or no checkpoint.
+  """
+  if config is None:
+    config = workdir_lib.read_config(workdir)
+  state, step = loop.load_checkpoint(config, workdir, _which(checkpoint))
+  num_classes = int(np.shape(state.params["fc"]["kernel"])[-1])
+  model = methods.create_model(config, num_classes)
+  variables = {"params": state.params,
+               "batch_stats": state.batch_stats or {}}
+  variables.update(state.model_state or {})
+  options = config_lib.as_dict(config.model_options)
+  image_shape = tuple(config_lib.as_dict(config.dataset_options).get(
+      "image_shape", models.INPUT_SHAPES[models.canonical_name(config.model)]))
+  packed = export_lib.export_model(
+      model, variables, model_name=config.model,
+      model_options=export_lib.json_model_options(options),
+      image_shape=image_shape, float_dtype=float_dtype,
+      metadata={"step": int(step), "method": config.method,
+                "dataset": config.dataset, "workdir": os.path.abspath(workdir)})
+  size = format_lib.save(packed, out)
+  return {"out": out, "bytes": size,
+          "float32_bytes": export_lib.float32_bytes(variables),
+          "step": int(step), "model": config.model,
+          "float_dtype": float_dtype}
+
+
+def _export_main(argv: Sequence[str]) -> None:
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  del argv
+  f = flags.FLAGS
+  config = f.config if f["config"].present else None
+  result = export_checkpoint(f.workdir, f.out, checkpoint=f.checkpoint,
+                             float_dtype=f.float_dtype, config=config)
+  print(json.dumps(result))
+
+
+def _define_export_flags() -> None:
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_string("workdir", None, "The training run's workdir.")
+  flags.DEFINE_string("out", None, "The packed file to write.")
+  flags.DEFINE_string("checkpoint", "latest",
+                      "'latest', 'best' or a step number.")
+  flags.DEFINE_enum("float_dtype", "float32", list(export_lib.FLOAT_DTYPES),
+                    "Storage dtype of the float layers.")
+  config_flags.DEFINE_config_file(
+      "config", None, "The run's config (default: workdir/config.json), "
+      "with the same --config.<key> overrides as in training.",
+      lock_config=True)
+  flags.mark_flags_as_required(["workdir", "out"])
+
+
+def export_command(argv: Sequence[str]) -> None:
+  """``export``: absl flags (``--config`` takes ``--config.<key>=...``)."""
+  from absl import app  # pylint: disable=g-import-not-at-top
+  _define_export_flags()
+  app.run(_export_main, argv=list(argv))
+
+
+def evaluate_command(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
+  """``evaluate``: top-1 of a packed file on a dataset; prints it as JSON.
+
+  Args:
+    argv: the flags (``--packed``, ``--dataset``, ``--data_dir``,
+      ``--batch_size``), without the program name.
+
+  Returns:
+    ``{'packed', 'model', 'dataset', 'top1', 'count', 'images_per_sec',
+    'file_bytes'}``, as printed.
+  """
+  parser = argparse.ArgumentParser(
+      prog="python -m ovsw_jax.deploy evaluate",
+      description="Evaluate a packed 1-bit model (XNOR-popcount inference).")
+  parser.add_argument("--packed", required=True, help="file from export")
+  parser.add_argument("--dataset", default="cifar10")
+  parser.add_argument("--data_dir", default=None)
+  parser.add_argument("--batch_size", type=int, default=500)
+  args = parser.parse_args(argv)
+  packed = format_lib.load(args.packed)
+  result = infer.evaluate(packed, args.dataset, args.data_dir,
+                          args.batch_size)
+  out = {"packed": args.packed, "model": packed.header["model"],
+         "dataset": args.dataset, "top1": result["top1"],
+         "count": result["count"],
+         "images_per_sec": result["images_per_sec"],
+         "file_bytes": os.path.getsize(args.packed)}
+  print(json.dumps(out))
+  return out

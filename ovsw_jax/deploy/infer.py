@@ -1,0 +1,124 @@
+"""XNOR-popcount inference of a packed model (`ovsw_jax.deploy.format`).
+
+Inference runs the model's own Flax definition (`ovsw_jax.models`) with its
+binary convolutions and BatchNorms intercepted (`flax.linen.intercept_methods`):
+each binary conv packs its input's signs and computes an exact integer XNOR +
+popcount convolution from the packed weights (`ovsw_jax.deploy.bitpack`);
+nothing else changes, so the float path (residuals, pooling, head) is the
+model's own code::
+
+  packed_model = format.load("r20.npz")
+  logits = make_predict_fn(packed_model)(images)
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Mapping, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ovsw_jax.deploy import bitpack
+from ovsw_jax.deploy import format as format_lib
+from ovsw_jax.deploy.format import PackedModel
+
+
+def _path(module: nn.Module) -> str:
+  return "/".join(module.path)
+
+
+def apply(packed: PackedModel, arrays: Mapping[str, Any],
+          images: jax.Array) -> jax.Array:
+  """Logits of ``images`` (NHWC float) by XNOR-popcount inference.
+
+  Args:
+    packed: the model (its header and module definition are used).
+    arrays: ``packed.arrays()``; a separate argument so that `jax.jit` takes
+      them as inputs rather than as constants baked into the program.
+    images: ``(N, H, W, C)`` normalised as in training.
+
+  Returns:
+    float32 logits ``(N, num_classes)``.
+  """
+  table = packed.header["layers"]
+  layer_arrays = arrays["layers"]
+
+  def interceptor(next_fun, args, kwargs, context):
+    if context.method_name != "__call__":
+      return next_fun(*args, **kwargs)
+    name = _path(context.module)
+    entry = table.get(name)
+    if entry is None:
+      return next_fun(*args, **kwargs)
+    kind = entry["kind"]
+    if kind == format_lib.BN_FOLDED:
+      return args[0]
+    a = layer_arrays[name]
+    if kind == format_lib.BN_AFFINE:
+      x = args[0]
+      return (x.astype(jnp.float32) * a["mul"] + a["add"]).astype(x.dtype)
+    if kind == format_lib.FLOAT_AFFINE:
+      y = next_fun(*args, **kwargs)
+      return (y.astype(jnp.float32) * a["mul"] + a["add"]).astype(y.dtype)
+    x = args[0]
+    if x.ndim != (4 if kind == format_lib.BINARY_CONV else 2):
+      raise ValueError(f"layer {name!r} got input of shape {x.shape}")
+    if kind == format_lib.BINARY_CONV:
+      y = bitpack.xnor_conv(
+          bitpack.pack_signs(x), a["w"], a["tap_sums"], entry["in_features"],
+          entry["kernel_size"], entry["strides"],
+          [tuple(p) for p in entry["padding"]])
+    elif kind == format_lib.BINARY_DENSE:
+      y = bitpack.xnor_dense(bitpack.pack_signs(x), a["w"],
+                             entry["in_features"])
+    else:
+      raise format_lib.PackedFormatError(
+          f"unknown layer kind {kind!r} for {name!r}")
+    # The int -> float conversion is exact; `* mul` is the float eval's own
+    # `conv(a_b, w_b) * scale` when the BatchNorm is not folded (no `add`).
+    y = y.astype(x.dtype) * a["mul"].astype(x.dtype)
+    if "add" in a:
+      y = y + a["add"].astype(x.dtype)
+    return y
+
+  model = packed.model()
+  with nn.intercept_methods(interceptor):
+    logits = model.apply(arrays["variables"],
+                         jnp.asarray(images, jnp.float32), train=False)
+  return logits.astype(jnp.float32)
+
+
+def make_predict_fn(packed: PackedModel
+                    ) -> Callable[[jax.Array], jax.Array]:
+  """A jitted ``images -> logits`` with the packed arrays on the device."""
+  arrays = packed.arrays()
+  fn = jax.jit(lambda arr, x: apply(packed, arr, x))
+  return lambda images: fn(arrays, images)
+
+
+def evaluate(packed: PackedModel, dataset: str = "cifar10",
+             data_dir: Optional[str] = None, batch_size: int = 500
+             ) -> dict[str, Any]:
+  """Top-1 of a packed model on a dataset's eval split (every image once).
+
+  Returns:
+    ``{'top1', 'count', 'images_per_sec', 'predictions'}`` (predictions as
+    an int32 array in the eval split's order).
+  """
+  from ovsw_jax import data  # pylint: disable=g-import-not-at-top
+  predict = make_predict_fn(packed)
+  preds, correct, count, seconds = [], 0, 0, 0.0
+  for batch in data.create_eval_iterator(dataset, data_dir, batch_size):
+    t = time.time()
+    p = np.asarray(jnp.argmax(predict(batch["image"]), axis=-1))
+    seconds += time.time() - t
+    keep = np.asarray(batch["mask"]).astype(bool)
+    preds.append(p[keep])
+    correct += int(np.sum(p[keep] == np.asarray(batch["label"])[keep]))
+    count += int(keep.sum())
+  return {"top1": correct / count, "count": count,
+          "images_per_sec": count / seconds,
+          "predictions": np.concatenate(preds).astype(np.int32)}
