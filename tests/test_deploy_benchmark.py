@@ -1,26 +1,20 @@
 """benchmarks/deploy.py at tiny sizes: file sizes, latency arithmetic, modes."""
 
-import importlib.util
 import json
 import os
-from pathlib import Path
 import statistics
-import sys
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks import deploy
+from benchmarks.lib import deploy_files
+from benchmarks.lib import deploy_latency
 
 
 @pytest.fixture(scope="module")
 def bench():
-  spec = importlib.util.spec_from_file_location(
-      "benchmark_deploy", ROOT / "benchmarks" / "deploy.py")
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[spec.name] = module  # Its Flax module (a dataclass) needs it.
-  spec.loader.exec_module(module)
-  return module
+  return deploy
 
 
 MODELS = ("cresnet20_1w1a", "resnet18_1w1a")
@@ -38,14 +32,14 @@ def run_result(bench, tmp_path_factory):
 
 
 def test_sizes_are_the_files_and_consistent(bench, run_result):
-  from ovsw_jax import packed as packed_lib  # pylint: disable=g-import-not-at-top
+  from ovsw_jax.deploy import format as packed_format  # pylint: disable=g-import-not-at-top
   result, folder, _ = run_result
   assert result["models"] == list(MODELS)
   assert set(result["sizes"]) == set(MODELS)
   for name in MODELS:
     s = result["sizes"][name]
     files = s["files"]
-    assert set(files) == {"float32", *bench.PACKED_FILES}
+    assert set(files) == {"float32", *deploy_files.PACKED_FILES}
     for arm, f in files.items():
       assert f["bytes"] == os.path.getsize(folder / "files" / f["path"])
       assert f["mb"] == pytest.approx(f["bytes"] / 1e6)
@@ -59,8 +53,8 @@ def test_sizes_are_the_files_and_consistent(bench, run_result):
       assert all(f[k].dtype == np.float32 for k in f.files)
     assert (files["packed_fp16"]["bytes"] <= files["packed_fp32"]["bytes"]
             < files["float32"]["bytes"])
-    for arm, (_, dtype, fold) in bench.PACKED_FILES.items():
-      header = packed_lib.load(folder / "files" / files[arm]["path"]).header
+    for arm, (_, dtype, fold) in deploy_files.PACKED_FILES.items():
+      header = packed_format.load(folder / "files" / files[arm]["path"]).header
       assert (header["model"], header["float_dtype"],
               header["fold_batchnorm"]) == (name, dtype, fold)
   # ResNet-18's float weights (stem, 1x1 downsamples, fc) are large: float16
@@ -78,7 +72,7 @@ def test_latency_arithmetic_and_agreement(bench, run_result):
     assert set(lat["models"]) == set(MODELS)
     for name in MODELS:
       m = lat["models"][name]
-      for arm in bench.LATENCY_ARMS:
+      for arm in deploy_latency.LATENCY_ARMS:
         a = m[arm]
         assert len(a["times_ms"]) == a["reps"] == 2
         assert a["median_ms"] == pytest.approx(
@@ -107,8 +101,8 @@ def test_thread_modes_ran_as_asked(bench, run_result):
   result, _, _ = run_result
   single = result["latency"]["single"]["process"]
   multi = result["latency"]["multi"]["process"]
-  assert bench.SINGLE_THREAD_XLA_FLAGS in single["xla_flags"]
-  assert bench.SINGLE_THREAD_XLA_FLAGS not in multi["xla_flags"]
+  assert deploy_latency.SINGLE_THREAD_XLA_FLAGS in single["xla_flags"]
+  assert deploy_latency.SINGLE_THREAD_XLA_FLAGS not in multi["xla_flags"]
   assert len(single["cpu_affinity"]) == 1
   assert len(multi["cpu_affinity"]) == len(os.sched_getaffinity(0))
   # Pinned to one core: it cannot use more (small slack for timer rounding).
@@ -122,14 +116,14 @@ def test_outputs_written(run_result):
   assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_time_interleaved_alternates(bench):
+def test_time_interleaved_alternates():
   calls = []
   arms = {k: (lambda k=k: calls.append(k)) for k in "ab"}
-  out = bench.time_interleaved(arms, reps=2, warmup=1)
+  out = deploy_latency.time_interleaved(arms, reps=2, warmup=1)
   assert calls == ["a", "b", "a", "b", "a", "b"]
   assert all(len(o["times_s"]) == 2 for o in out.values())
   with pytest.raises(ValueError, match="warmup=0"):
-    bench.time_interleaved(arms, reps=1, warmup=0)
+    deploy_latency.time_interleaved(arms, reps=1, warmup=0)
 
 
 def test_bad_options_are_named(bench):
