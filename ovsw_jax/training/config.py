@@ -95,6 +95,10 @@ def _method_fields(config: ml_collections.ConfigDict) -> None:
   # epoch 0 to recu_tau_max at the last epoch, A*exp(e/E) + B, set per epoch.
   config.recu_tau_min = 0.85
   config.recu_tau_max = 0.99
+  # 'irnet' (Qin et al. 2020): EDE's t rises from irnet_t_min to irnet_t_max
+  # on a log scale, set per epoch; k = max(1/t, 1).
+  config.irnet_t_min = 0.1
+  config.irnet_t_max = 10.0
 
 
 
@@ -225,3 +229,6 @@ def _check_values(config: ml_collections.ConfigDict) -> None:
         "in (0.5, 1] (ReCU: 0.85)")
   check(config.recu_tau_min <= config.recu_tau_max <= 1, "recu_tau_max",
         f"in [recu_tau_min={config.recu_tau_min}, 1] (ReCU: 0.99)")
+  check(0 < config.irnet_t_min <= config.irnet_t_max, "irnet_t_max",
+        f"in [irnet_t_min={config.irnet_t_min}, inf) with irnet_t_min > 0 "
+        "(IR-Net: 0.1 and 10)")
