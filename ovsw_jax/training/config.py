@@ -69,8 +69,9 @@ def _method_fields(config: ml_collections.ConfigDict) -> None:
   # and SGD: 'vanilla' (none), 'ags', 'sad', 'ovsw' (= 'ags+sad', the
   # reference's order), 'lars' (LARS's layer-wise trust ratio in AGS's
   # place). AGS, SAD and LARS act on the binary latent kernels only. Peers:
-  # 'bop' (Bop flips binary kernels; wd + SGD on the float params) and
-  # 'recu' (ReCU binary convs, tau set per epoch). Combine freely, e.g.
+  # 'bop' (Bop flips binary kernels; wd + SGD on the float params),
+  # 'recu' (ReCU binary convs, tau set per epoch), 'irnet' (IR-Net convs,
+  # EDE's (k, t) set per epoch). Combine freely, e.g. 'irnet+ovsw',
   # 'recu+ovsw', 'recu+ags', 'recu+sad', 'lars+sad'.
   config.method = "ovsw"
   config.momentum = 0.9           # SGD momentum (no Nesterov)
