@@ -69,8 +69,9 @@ def _method_fields(config: ml_collections.ConfigDict) -> None:
   # and SGD: 'vanilla' (none), 'ags', 'sad', 'ovsw' (= 'ags+sad', the
   # reference's order), 'lars' (LARS's layer-wise trust ratio in AGS's
   # place). AGS, SAD and LARS act on the binary latent kernels only. Peers:
-  # 'bop' (Bop flips binary kernels; wd + SGD on the float params) and
-  # 'recu' (ReCU binary convs, tau set per epoch). Combine freely, e.g.
+  # 'bop' (Bop flips binary kernels; wd + SGD on the float params),
+  # 'recu' (ReCU binary convs, tau set per epoch), 'irnet' (IR-Net convs,
+  # EDE's (k, t) set per epoch). Combine freely, e.g. 'irnet+ovsw',
   # 'recu+ovsw', 'recu+ags', 'recu+sad', 'lars+sad'.
   config.method = "ovsw"
   config.momentum = 0.9           # SGD momentum (no Nesterov)
@@ -95,6 +96,10 @@ def _method_fields(config: ml_collections.ConfigDict) -> None:
   # epoch 0 to recu_tau_max at the last epoch, A*exp(e/E) + B, set per epoch.
   config.recu_tau_min = 0.85
   config.recu_tau_max = 0.99
+  # 'irnet' (Qin et al. 2020): EDE's t rises from irnet_t_min to irnet_t_max
+  # on a log scale, set per epoch; k = max(1/t, 1).
+  config.irnet_t_min = 0.1
+  config.irnet_t_max = 10.0
 
 
 
@@ -225,3 +230,6 @@ def _check_values(config: ml_collections.ConfigDict) -> None:
         "in (0.5, 1] (ReCU: 0.85)")
   check(config.recu_tau_min <= config.recu_tau_max <= 1, "recu_tau_max",
         f"in [recu_tau_min={config.recu_tau_min}, 1] (ReCU: 0.99)")
+  check(0 < config.irnet_t_min <= config.irnet_t_max, "irnet_t_max",
+        f"in [irnet_t_min={config.irnet_t_min}, inf) with irnet_t_min > 0 "
+        "(IR-Net: 0.1 and 10)")
