@@ -209,7 +209,7 @@ class IRNetConv(layers.BinaryConv):
     k, t = self._ede_params(train)
     return ede(balanced_weight(kernel), k, t)
 
-  def _binarize_input(self, x: jax.Array, train: bool) -> jax.Array:
+  def binarize_input(self, x: jax.Array, train: bool) -> jax.Array:
     if not self.binarize_activations:
       return x
     k, t = self._ede_params(train)

@@ -167,6 +167,8 @@ class _BinaryMixin:
   weight_scale(w)``; a variant (e.g. `ovsw_jax.recu.ReCUConv`) overrides
   these steps, not ``__call__``:
 
+  * `binarize_input`: the +-1 activations (normalise in training, then the
+    activation estimator);
   * `normalize_input`: the per-sample activation normalisation (training);
   * `binary_weight`: the +-1 weights from the latent kernel;
   * `weight_scale`: the per-output-channel scale;
@@ -223,7 +225,8 @@ class _BinaryMixin:
         _is_builtin_estimator(e)
         for e in (self.activation_estimator, self.weight_estimator))
 
-  def _binarize_input(self, x: jax.Array, train: bool) -> jax.Array:
+  def binarize_input(self, x: jax.Array, train: bool) -> jax.Array:
+    """The layer's +-1 input (or ``x`` itself without binarization)."""
     if not self.binarize_activations:
       return x
     # In eval the normalisation is skipped: sign ignores a positive scale, so
@@ -305,7 +308,7 @@ class BinaryConv(_BinaryMixin, nn.Module):
     # Params in the order of the checkpoints: kernel, then the scale's.
     scale = self.weight_scale(kernel)
     dtype = self.dtype or x.dtype
-    a_b = self._binarize_input(x, train).astype(dtype)
+    a_b = self.binarize_input(x, train).astype(dtype)
     w_b = self.binary_weight(kernel, train).astype(dtype)
     padding = (torch_padding(kernel_size) if self.padding is None
                else self.padding)
@@ -353,7 +356,7 @@ class BinaryDense(_BinaryMixin, nn.Module):
     kernel = self.param(LATENT_KERNEL, self.kernel_init,
                         (x.shape[-1], self.features), self.param_dtype)
     dtype = self.dtype or x.dtype
-    a_b = self._binarize_input(x, train).astype(dtype)
+    a_b = self.binarize_input(x, train).astype(dtype)
     w_b = self.binary_weight(kernel, train).astype(dtype)
     y = a_b @ w_b
     return y * self.weight_scale(kernel).astype(y.dtype)
