@@ -10,6 +10,7 @@ average pool and a float ``fc``. At 1000 classes: 11,704,424 params
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import flax.linen as nn
@@ -71,11 +72,7 @@ class ReActResNet(blocks.BinaryNet):
     return x.astype(jnp.float32)
 
 
-def ReActResNet18(**kwargs) -> ReActResNet:  # pylint: disable=invalid-name
-  """ReAct-ResNet-18 (2, 2, 2, 2)."""
-  return ReActResNet(stage_sizes=(2, 2, 2, 2), **kwargs)
 
-
-def ReActResNet34(**kwargs) -> ReActResNet:  # pylint: disable=invalid-name
-  """ReAct-ResNet-34 (3, 4, 6, 3)."""
-  return ReActResNet(stage_sizes=(3, 4, 6, 3), **kwargs)
+# Partials, so that `blocks.config_fields` sees the module's fields.
+ReActResNet18 = functools.partial(ReActResNet, stage_sizes=(2, 2, 2, 2))
+ReActResNet34 = functools.partial(ReActResNet, stage_sizes=(3, 4, 6, 3))
