@@ -93,3 +93,22 @@ def test_cifar_variants_shapes(name):
   stem = variables["params"]["conv1"]["kernel"].shape
   assert stem == ((3, 3, 3, 32) if name == "reactnet_a_cifar"
                   else (3, 3, 3, 64))
+
+
+@pytest.mark.parametrize("granularity", ["epoch", "step"])
+def test_linear_schedule_is_reactnets_lambda(granularity):
+  from ovsw_jax.training import config as config_lib  # pylint: disable=g-import-not-at-top
+  from ovsw_jax.training import schedules  # pylint: disable=g-import-not-at-top
+  config = config_lib.default_config()
+  config.update(lr_schedule="linear", learning_rate=5e-4, num_epochs=10,
+                warmup_epochs=0, lr_schedule_granularity=granularity)
+  config_lib.validate_config(config)
+  fn = schedules.create_learning_rate_fn(config, steps_per_epoch=4)
+  steps = np.arange(40)
+  t = steps // 4 if granularity == "epoch" else steps
+  total = 10 if granularity == "epoch" else 40
+  np.testing.assert_allclose([fn(s) for s in steps],
+                             5e-4 * (1 - t / total), rtol=1e-5, atol=1e-10)
+  config.lr_schedule = "step"
+  with pytest.raises(ValueError, match="lr_schedule"):
+    config_lib.validate_config(config)
