@@ -117,7 +117,9 @@ def test_layer_names_and_shapes():
 
 
 def test_registry_and_errors():
-  assert models.list_models() == list(models.MODELS) == list(_COUNTS)
+  assert models.list_models() == list(models.MODELS)
+  # ReActNet's models (issue 16) follow; tests/test_react.py counts them.
+  assert list(models.MODELS)[:len(_COUNTS)] == list(_COUNTS)
   assert isinstance(models.get_model("cResNet20_1w1a", 10), models.CResNet20)
   with pytest.raises(ValueError, match=r"Unknown model 'resnet50'.*"
                      r"cresnet20_1w1a.*resnet34_1w1a"):

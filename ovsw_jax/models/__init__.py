@@ -16,6 +16,7 @@ forward. Binary latent weights are the parameters named ``latent_kernel``.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -24,6 +25,8 @@ from ovsw_jax.models import blocks
 from ovsw_jax.models import resnet_cifar
 from ovsw_jax.models import resnet_imagenet
 from ovsw_jax.models import vgg
+from ovsw_jax.models.react_resnet import ReActResNet18, ReActResNet34
+from ovsw_jax.models.reactnet import ReActNetA
 from ovsw_jax.models.resnet_cifar import CResNet18, CResNet20
 from ovsw_jax.models.resnet_imagenet import ResNet, ResNet18, ResNet34
 from ovsw_jax.models.vgg import VGGSmall
@@ -36,6 +39,12 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "vggsmall_1w1a": VGGSmall,
     "resnet18_1w1a": ResNet18,
     "resnet34_1w1a": ResNet34,
+    # ReActNet (issue 16); the _cifar variants have a stride-1 stem.
+    "reactnet_a": ReActNetA,
+    "reactnet_a_cifar": functools.partial(ReActNetA, stem_stride=1),
+    "react_resnet18": ReActResNet18,
+    "react_resnet34": ReActResNet34,
+    "react_resnet18_cifar": functools.partial(ReActResNet18, cifar_stem=True),
 }
 
 # Input (H, W, C) each model is meant for; VGG-small's classifier size
@@ -46,6 +55,11 @@ INPUT_SHAPES: dict[str, tuple[int, int, int]] = {
     "vggsmall_1w1a": (32, 32, 3),
     "resnet18_1w1a": (224, 224, 3),
     "resnet34_1w1a": (224, 224, 3),
+    "reactnet_a": (224, 224, 3),
+    "reactnet_a_cifar": (32, 32, 3),
+    "react_resnet18": (224, 224, 3),
+    "react_resnet34": (224, 224, 3),
+    "react_resnet18_cifar": (32, 32, 3),
 }
 
 

@@ -117,6 +117,9 @@ def _schedule_fields(config: ml_collections.ConfigDict) -> None:
   # evaluated at fractional epochs (smooth, per step).
   config.lr_schedule_granularity = "epoch"
   config.cosine_lr_offset = 1e-5  # added in the cosine phase (reference)
+  # After the warmup: 'cosine' (OvSW's reference) or 'linear' (ReActNet's
+  # Adam recipe: lr * (1 - t / T) down to 0 at the end of the run).
+  config.lr_schedule = "cosine"
 
 
 
@@ -221,6 +224,8 @@ def _check_values(config: ml_collections.ConfigDict) -> None:
   check(0 <= config.momentum < 1, "momentum", "in [0, 1)")
   check(config.lr_schedule_granularity in ("epoch", "step"),
         "lr_schedule_granularity", "'epoch' or 'step'")
+  check(config.lr_schedule in ("cosine", "linear"), "lr_schedule",
+        "'cosine' or 'linear'")
   check(config.eval_checkpoint in ("latest", "best"), "eval_checkpoint",
         "'latest' or 'best'")
   check(config.lars_trust_coefficient > 0, "lars_trust_coefficient", "> 0")

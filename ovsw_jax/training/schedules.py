@@ -41,11 +41,15 @@ def create_learning_rate_fn(config: ml_collections.ConfigDict,
     its last step), then ``0.5 * (1 + cos(pi * (s - W*S) / ((E - W) * S))) *
     lr + c``.
 
+  With ``lr_schedule='linear'`` the second phase is ``lr * (1 - t / T)``
+  instead (ReActNet's recipe; ``t``, ``T`` the position in and length of the
+  phase, in epochs or steps as above), with no offset.
+
   Joined with `optax.join_schedules` at step ``W * steps_per_epoch``.
 
   Args:
     config: reads learning_rate, warmup_epochs, num_epochs, num_train_steps,
-      lr_schedule_granularity, cosine_lr_offset.
+      lr_schedule_granularity, cosine_lr_offset, lr_schedule.
     steps_per_epoch: optimizer steps per epoch.
 
   Returns:
@@ -77,9 +81,14 @@ def create_learning_rate_fn(config: ml_collections.ConfigDict,
     return jnp.square(jnp.cos(0.5 * jnp.pi * unit(step) / cosine_len)) * lr \
         + offset
 
+  def linear_fn(step):
+    # ReActNet's LambdaLR: lr * (1 - t / T) over the phase after the warmup.
+    return lr * (1.0 - unit(step) / cosine_len)
+
+  decay_fn = linear_fn if config.lr_schedule == "linear" else cosine_fn
   if warmup == 0:
-    return cosine_fn
-  return optax.join_schedules([warmup_fn, cosine_fn], [warmup * spe])
+    return decay_fn
+  return optax.join_schedules([warmup_fn, decay_fn], [warmup * spe])
 
 
 class StepPlan(NamedTuple):
