@@ -19,7 +19,7 @@ PACKAGE = REPO / "ovsw_jax"
 RANKS = {
     "ops": 0,
     "layers": 1, "masks": 1,
-    "recu": 2, "irnet": 2, "rbnn": 2, "adabin": 2, "reactnet": 2,
+    "recu": 2, "irnet": 2, "rbnn": 2, "adabin": 2, "react": 2,
     "models": 3,
     "transforms": 4, "diagnostics": 4, "bop": 4,
     "convert": 5, "data": 5, "summary": 5,
