@@ -50,6 +50,11 @@ setup(
             "jupyter>=1.0",
             "ipykernel>=6.25",
         ],
+        # Optional JPEG decoder (decoder="simplejpeg"): wheels for x86-64
+        # and aarch64.
+        "jpeg": ["simplejpeg>=1.7"],
+        # benchmarks/input_pipeline.py's tf.data arm only; never the library.
+        "bench-tf": ["tensorflow-cpu>=2.16"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",
