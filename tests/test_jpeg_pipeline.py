@@ -120,3 +120,19 @@ def test_train_py_end_to_end_on_jpegs(tiny_jpegs, tmp_path):
   evals = [r for r in records if 'eval_top1' in r]
   assert evals and evals[-1]['eval_count'] == 6   # Every eval image, once.
   assert all(np.isfinite(r['loss']) for r in records if 'loss' in r)
+
+
+def test_input_pipeline_benchmark_tiny(tmp_path, monkeypatch):
+  from benchmarks import input_pipeline  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(input_pipeline, 'SIZE', 32)
+  r = input_pipeline.run(num_images=8, num_eval=4, batch=4, rounds_block=1,
+                         workers=(0,), decoders=('pil_draft',),
+                         data_dir=str(tmp_path))
+  arms = r['arms']
+  assert {'ours_train_pil_draft_w0', 'ours_eval_pil_draft',
+          'ours_train_pil_float_w0'} <= set(arms)
+  for a in arms.values():
+    assert a['images_per_s'] == pytest.approx(4 / a['batch_s_median'])
+  # tf.data's arms and ratios are there exactly when TensorFlow is.
+  assert ('tfdata_train' in arms) == r['tensorflow'] == bool(r['ratios'])
+  assert r['breakdown_s_per_image']['transfer_uint8'] > 0
