@@ -141,8 +141,8 @@ def breakdown(images: list[bytes], batch: int, decoder: str) -> dict:
   n = min(len(images), 200)
   u = augment.uniforms(0, 0, np.arange(n), augment.RESIZED_CROP,
                        4 * augment.RESIZED_CROP_ATTEMPTS)
-  boxes = [functools.partial(tfds_source._resized_crop_box, u=u[i],  # pylint: disable=protected-access
-                             min_scale=0.08) for i in range(n)]
+  boxes = [functools.partial(augment.random_resized_crop_box, u=u[i])
+           for i in range(n)]
   k = iter(range(10**9))
 
   def full_decode():

@@ -123,28 +123,6 @@ def _to_array(img) -> np.ndarray:
   return arr[..., None] if arr.ndim == 2 else arr
 
 
-def _bilinear():
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  return Image.BILINEAR
-
-
-def _resized_crop_box(height: int, width: int, *, u: np.ndarray,
-                      min_scale: float) -> tuple[int, int, int, int]:
-  return augment.random_resized_crop_box(height, width, u,
-                                         scale=(min_scale, 1.0))
-
-
-def _eval_box(height: int, width: int, *, out_hw: tuple[int, int]
-              ) -> tuple[float, float, float, float]:
-  """Resize shorter side to out/0.875, center crop out: as a box in the
-  full image (resizing only the box computes only the pixels kept)."""
-  resize = int(min(out_hw) / EVAL_CROP_FRACTION)
-  nh, nw = augment.resize_shorter_side(height, width, resize)
-  top, left, _, _ = augment.center_crop_box(nh, nw, *out_hw)
-  sy, sx = height / nh, width / nw
-  return top * sy, left * sx, out_hw[0] * sy, out_hw[1] * sx
-
-
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TfdsSource:
   """A prepared TFDS dataset; see the module docstring for preprocessing."""
@@ -195,8 +173,8 @@ class TfdsSource:
                            4 * augment.RESIZED_CROP_ATTEMPTS)
       out = []
       for row, r in zip(u, records):
-        box_fn = functools.partial(_resized_crop_box, u=row,
-                                   min_scale=self.min_scale)
+        box_fn = functools.partial(augment.random_resized_crop_box, u=row,
+                                   scale=(self.min_scale, 1.0))
         out.append(self._crop_resize(r[self.image_key], c, box_fn, (h, w)))
       images = np.stack(out)
       flip = augment.uniforms(seed, epoch, indices, augment.FLIP, 1)[:, 0] < 0.5
@@ -222,16 +200,18 @@ class TfdsSource:
     if isinstance(value, (bytes, bytearray)) and channels == 3:
       return jpeg.decode_crop_resize(bytes(value), box_fn, out_hw,
                                      self.decoder)
+    from PIL import Image  # pylint: disable=g-import-not-at-top
     img = _to_pil(value, channels)
     top, left, ch, cw = box_fn(img.size[1], img.size[0])
-    return _to_array(img.resize((out_hw[1], out_hw[0]), _bilinear(),
+    return _to_array(img.resize((out_hw[1], out_hw[0]), Image.BILINEAR,
                                 box=(left, top, left + cw, top + ch)))
 
   def _eval_image(self, value: Any, channels: int) -> np.ndarray:
     if self.native_size is not None:
       return self._fixed(_to_pil(value, channels))
     h, w = self._size
-    box_fn = functools.partial(_eval_box, out_hw=(h, w))
+    box_fn = functools.partial(augment.eval_crop_box, out_hw=(h, w),
+                               fraction=EVAL_CROP_FRACTION)
     return self._crop_resize(value, channels, box_fn, (h, w))
 
   def eval_examples(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -329,6 +309,16 @@ def _default_stats(name: str, data_dir: str | None, split: str,
                          channels, num_train)
 
 
+def _check_image_options(name: str, channels: int, lighting: float,
+                         device_normalize: bool, decoder: str) -> None:
+  if lighting and channels != 3:
+    raise ValueError(f'{name}: lighting={lighting} needs RGB images.')
+  if lighting and device_normalize:
+    raise ValueError(f'{name}: lighting={lighting} is added to float images '
+                     'on the host; set device_normalize=False to use it.')
+  jpeg.check_decoder(decoder)
+
+
 def make_source(name: str, data_dir: str | None = None, *,
                 image_size: int | Sequence[int] | None = None,
                 train_split: str = 'train', eval_split: str | None = None,
@@ -379,12 +369,7 @@ def make_source(name: str, data_dir: str | None = None, *,
   channels, native = _image_layout(name, tuple(image_feature.shape))
   size = _output_size(name, image_size, native)
   train_augment = _train_augment(name, train_augment, augment, native)
-  if lighting and channels != 3:
-    raise ValueError(f'{name}: lighting={lighting} needs RGB images.')
-  if lighting and device_normalize:
-    raise ValueError(f'{name}: lighting={lighting} is added to float images '
-                     'on the host; set device_normalize=False to use it.')
-  jpeg.check_decoder(decoder)
+  _check_image_options(name, channels, lighting, device_normalize, decoder)
   if num_classes is None:
     num_classes = getattr(features[label_key], 'num_classes', None)
     if num_classes is None:
