@@ -43,6 +43,7 @@ setup(
             "nbclient>=0.10",
             "nbformat>=5.9",
             "ipykernel>=6.25",
+            "simplejpeg>=1.7",  # tests of decoder="simplejpeg"
         ],
         # The CPU build that installs offline; a range would pull a CUDA build.
         "torch": ["torch==2.13.0"],
