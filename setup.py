@@ -43,6 +43,7 @@ setup(
             "nbclient>=0.10",
             "nbformat>=5.9",
             "ipykernel>=6.25",
+            "simplejpeg>=1.7",  # tests of decoder="simplejpeg"
         ],
         # The CPU build that installs offline; a range would pull a CUDA build.
         "torch": ["torch==2.13.0"],
@@ -50,6 +51,11 @@ setup(
             "jupyter>=1.0",
             "ipykernel>=6.25",
         ],
+        # Optional JPEG decoder (decoder="simplejpeg"): wheels for x86-64
+        # and aarch64.
+        "jpeg": ["simplejpeg>=1.7"],
+        # benchmarks/input_pipeline.py's tf.data arm only; never the library.
+        "bench-tf": ["tensorflow-cpu>=2.16"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

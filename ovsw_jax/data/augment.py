@@ -176,6 +176,17 @@ def resize_shorter_side(height: int, width: int,
   return max(1, int(size * height / width)), size
 
 
+def eval_crop_box(height: int, width: int, *, out_hw: tuple[int, int],
+                  fraction: float) -> tuple[float, float, float, float]:
+  """Resize the shorter side to ``min(out_hw) / fraction``, then center crop
+  `out_hw`: as a (top, left, h, w) box of the full image, so that resizing
+  only the box computes only the pixels kept."""
+  nh, nw = resize_shorter_side(height, width, int(min(out_hw) / fraction))
+  top, left, _, _ = center_crop_box(nh, nw, *out_hw)
+  sy, sx = height / nh, width / nw
+  return top * sy, left * sx, out_hw[0] * sy, out_hw[1] * sx
+
+
 def pca_lighting(images01: np.ndarray, seed: int, epoch: int,
                  indices: np.ndarray, alphastd: float) -> np.ndarray:
   """AlexNet-style PCA lighting noise on RGB images in [0, 1] (in place).

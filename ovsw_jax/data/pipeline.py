@@ -30,7 +30,8 @@ Datasets (the `dataset` argument):
 - "imagenet2012" and "tfds:<name>": TFDS array_record datasets
   (`tfds_source.make_source`). Options: image_size, train_split,
   eval_split, image_key, label_key, num_classes, train_augment, augment,
-  min_scale, lighting, mean, std.
+  min_scale, lighting, mean, std, decoder, device_normalize (uint8 images,
+  normalised in the jitted step: `device_normalize.normalizer`).
 """
 
 from __future__ import annotations
@@ -250,7 +251,10 @@ class _EvalBatch:
     rows = np.arange(start, start + self.local)
     mask = rows < self.num_eval
     valid = rows[mask]
-    image = np.zeros((self.local, *self.source.info.image_shape), np.float32)
+    # uint8 when the source leaves normalisation to the device.
+    dtype = (np.uint8 if getattr(self.source, 'device_normalize', False)
+             else np.float32)
+    image = np.zeros((self.local, *self.source.info.image_shape), dtype)
     label = np.zeros((self.local,), np.int32)
     if len(valid):
       image[:len(valid)], label[:len(valid)] = self.source.eval_examples(valid)

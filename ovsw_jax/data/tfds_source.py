@@ -31,6 +31,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ovsw_jax.data import augment
+from ovsw_jax.data import jpeg
 from ovsw_jax.data.source import DataNotFoundError, DatasetInfo
 from ovsw_jax.data.source import check_channels
 
@@ -137,6 +138,8 @@ class TfdsSource:
   train_augment: str
   min_scale: float = 0.08
   lighting: float = 0.0
+  decoder: str = 'pil_draft'
+  device_normalize: bool = False
 
   @property
   def _size(self) -> tuple[int, int]:
@@ -162,7 +165,6 @@ class TfdsSource:
 
   def train_examples(self, indices: np.ndarray, seed: int,
                      epoch: int) -> tuple[np.ndarray, np.ndarray]:
-    from PIL import Image  # pylint: disable=g-import-not-at-top
     records = self._read(self.train_split, indices)
     c = self.info.image_shape[2]
     h, w = self._size
@@ -171,11 +173,9 @@ class TfdsSource:
                            4 * augment.RESIZED_CROP_ATTEMPTS)
       out = []
       for row, r in zip(u, records):
-        img = _to_pil(r[self.image_key], c)
-        top, left, ch, cw = augment.random_resized_crop_box(
-            img.size[1], img.size[0], row, scale=(self.min_scale, 1.0))
-        out.append(_to_array(img.resize(
-            (w, h), Image.BILINEAR, box=(left, top, left + cw, top + ch))))
+        box_fn = functools.partial(augment.random_resized_crop_box, u=row,
+                                   scale=(self.min_scale, 1.0))
+        out.append(self._crop_resize(r[self.image_key], c, box_fn, (h, w)))
       images = np.stack(out)
       flip = augment.uniforms(seed, epoch, indices, augment.FLIP, 1)[:, 0] < 0.5
       images[flip] = images[flip, :, ::-1]
@@ -185,6 +185,8 @@ class TfdsSource:
       if self.train_augment == 'pad_crop_flip':
         images = augment.random_pad_crop_flip(images, indices, seed, epoch,
                                               pad=h // 8, flip=True)
+    if self.device_normalize:
+      return images, self._labels(records)
     out = augment.normalize(images, self.info.mean, self.info.std)
     if self.lighting > 0:
       rgb = augment.pca_lighting(np.zeros((len(indices), 1, 1, 3), np.float32),
@@ -192,22 +194,33 @@ class TfdsSource:
       out += rgb / np.asarray(self.info.std, np.float32)
     return out, self._labels(records)
 
-  def _eval_image(self, img) -> np.ndarray:
+  def _crop_resize(self, value: Any, channels: int, box_fn: jpeg.BoxFn,
+                   out_hw: tuple[int, int]) -> np.ndarray:
+    """Crop + bilinear resize; encoded RGB bytes decode only what it needs."""
+    if isinstance(value, (bytes, bytearray)) and channels == 3:
+      return jpeg.decode_crop_resize(bytes(value), box_fn, out_hw,
+                                     self.decoder)
     from PIL import Image  # pylint: disable=g-import-not-at-top
+    img = _to_pil(value, channels)
+    top, left, ch, cw = box_fn(img.size[1], img.size[0])
+    return _to_array(img.resize((out_hw[1], out_hw[0]), Image.BILINEAR,
+                                box=(left, top, left + cw, top + ch)))
+
+  def _eval_image(self, value: Any, channels: int) -> np.ndarray:
     if self.native_size is not None:
-      return self._fixed(img)
+      return self._fixed(_to_pil(value, channels))
     h, w = self._size
-    resize = int(min(h, w) / EVAL_CROP_FRACTION)
-    nh, nw = augment.resize_shorter_side(img.size[1], img.size[0], resize)
-    img = img.resize((nw, nh), Image.BILINEAR)
-    top, left, _, _ = augment.center_crop_box(nh, nw, h, w)
-    return _to_array(img.crop((left, top, left + w, top + h)))
+    box_fn = functools.partial(augment.eval_crop_box, out_hw=(h, w),
+                               fraction=EVAL_CROP_FRACTION)
+    return self._crop_resize(value, channels, box_fn, (h, w))
 
   def eval_examples(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     records = self._read(self.eval_split, indices)
     c = self.info.image_shape[2]
-    images = np.stack([self._eval_image(_to_pil(r[self.image_key], c))
+    images = np.stack([self._eval_image(r[self.image_key], c)
                        for r in records])
+    if self.device_normalize:
+      return images, self._labels(records)
     return (augment.normalize(images, self.info.mean, self.info.std),
             self._labels(records))
 
@@ -296,6 +309,16 @@ def _default_stats(name: str, data_dir: str | None, split: str,
                          channels, num_train)
 
 
+def _check_image_options(name: str, channels: int, lighting: float,
+                         device_normalize: bool, decoder: str) -> None:
+  if lighting and channels != 3:
+    raise ValueError(f'{name}: lighting={lighting} needs RGB images.')
+  if lighting and device_normalize:
+    raise ValueError(f'{name}: lighting={lighting} is added to float images '
+                     'on the host; set device_normalize=False to use it.')
+  jpeg.check_decoder(decoder)
+
+
 def make_source(name: str, data_dir: str | None = None, *,
                 image_size: int | Sequence[int] | None = None,
                 train_split: str = 'train', eval_split: str | None = None,
@@ -305,6 +328,7 @@ def make_source(name: str, data_dir: str | None = None, *,
                 min_scale: float = 0.08, lighting: float = 0.0,
                 mean: Sequence[float] | None = None,
                 std: Sequence[float] | None = None,
+                decoder: str = 'pil_draft', device_normalize: bool = False,
                 display_name: str | None = None) -> TfdsSource:
   """A source over a TFDS dataset prepared in array_record format.
 
@@ -324,6 +348,10 @@ def make_source(name: str, data_dir: str | None = None, *,
     lighting: std of AlexNet PCA lighting noise (0 = off; the reference's
       ImageNet recipe uses 0.1); RGB only.
     mean, std: per-channel statistics in [0, 1] units.
+    decoder: how encoded RGB images are decoded, one of `jpeg.DECODERS`
+      ("pil_draft": JPEG DCT-domain downscaling when the crop allows it).
+    device_normalize: yield uint8 images (4x fewer bytes to the device) for
+      the jitted step to normalise (`device_normalize.normalizer`).
     display_name: the `DatasetInfo.name` (default: `name`).
 
   Raises:
@@ -341,8 +369,7 @@ def make_source(name: str, data_dir: str | None = None, *,
   channels, native = _image_layout(name, tuple(image_feature.shape))
   size = _output_size(name, image_size, native)
   train_augment = _train_augment(name, train_augment, augment, native)
-  if lighting and channels != 3:
-    raise ValueError(f'{name}: lighting={lighting} needs RGB images.')
+  _check_image_options(name, channels, lighting, device_normalize, decoder)
   if num_classes is None:
     num_classes = getattr(features[label_key], 'num_classes', None)
     if num_classes is None:
@@ -367,4 +394,5 @@ def make_source(name: str, data_dir: str | None = None, *,
                     image_key=image_key, label_key=label_key,
                     skip_decoding=skip_decoding, native_size=native,
                     train_augment=train_augment, min_scale=float(min_scale),
-                    lighting=float(lighting))
+                    lighting=float(lighting), decoder=decoder,
+                    device_normalize=bool(device_normalize))

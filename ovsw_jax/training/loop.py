@@ -23,6 +23,7 @@ import numpy as np
 
 from ovsw_jax import data
 from ovsw_jax import diagnostics
+from ovsw_jax.data import device_normalize
 from ovsw_jax.training import checkpointing
 from ovsw_jax.training import guards
 from ovsw_jax.training import config as config_lib
@@ -130,7 +131,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   mesh = mesh if mesh is not None else mesh_lib.create_mesh()
   eval_batch_size = _eval_batch_size(config, mesh)
   experiment = create_experiment(config, platform=_platform(mesh))
-  p_eval_step = steps_lib.jit_eval_step(mesh, config.cpu_fast_path)
+  p_eval_step = steps_lib.jit_eval_step(
+      mesh, config.cpu_fast_path,
+      input_fn=device_normalize.normalizer(experiment.info))
 
   def run_eval(state):
     batches = data.create_eval_iterator(
@@ -230,7 +233,8 @@ class _Run:
     self.run_eval = run_eval
     self.is_chief = jax.process_index() == 0
     self.train_step = steps_lib.jit_train_step(
-        experiment.learning_rate_fn, mesh, config.cpu_fast_path)
+        experiment.learning_rate_fn, mesh, config.cpu_fast_path,
+        input_fn=device_normalize.normalizer(experiment.info))
     self._copy_params = jax.jit(lambda p: jax.tree.map(jnp.copy, p))
     self._flip_fn = jax.jit(diagnostics.flip_rate)
     self._diag_fn = jax.jit(steps_lib.layer_diagnostics)

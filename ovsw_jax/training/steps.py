@@ -29,14 +29,26 @@ def _topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
   return jnp.any(top == labels[:, None], axis=-1).astype(jnp.float32)
 
 
+InputFn = Callable[[jax.Array], jax.Array]
+
+
+def _model_input(batch: Mapping[str, jax.Array],
+                 input_fn: InputFn | None) -> jax.Array:
+  """The batch's images as the model takes them (e.g. uint8 normalised)."""
+  return batch["image"] if input_fn is None else input_fn(batch["image"])
+
+
 def train_step(state: TrainState, batch: Mapping[str, jax.Array],
-               learning_rate_fn: optax.Schedule
+               learning_rate_fn: optax.Schedule,
+               input_fn: InputFn | None = None
                ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer step on a (global) batch.
 
   Under jit over the data mesh the model sees the whole global batch, so
   BatchNorm statistics and the loss are global-batch means and the gradient
   is averaged over all devices before the optimizer (AGS) sees it.
+  ``input_fn`` maps the batch's images to the model's input first (e.g.
+  `data.device_normalize.normalizer` for uint8 batches).
 
   Returns:
     The new state and scalar metrics: loss, top1, top5, lr (of this step),
@@ -45,13 +57,14 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array],
   """
   step_key = jax.random.fold_in(state.rng, state.step)
   model_state, model_metrics = state.model_state or {}, {}
+  images = _model_input(batch, input_fn)
   if state.model_state_fn is not None:
     model_state, model_metrics = state.model_state_fn(model_state, state.step)
 
   def loss_fn(params):
     logits, updates = state.apply_fn(
         {"params": params, "batch_stats": state.batch_stats, **model_state},
-        batch["image"], train=True, mutable=["batch_stats"],
+        images, train=True, mutable=["batch_stats"],
         rngs={"dropout": step_key})
     logits = logits.astype(jnp.float32)
     loss = optax.softmax_cross_entropy_with_integer_labels(
@@ -80,12 +93,16 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array],
 
 
 def eval_step(state: TrainState, batch: Mapping[str, jax.Array],
-              totals: dict[str, jax.Array]) -> dict[str, jax.Array]:
-  """Adds a (padded) eval batch's sums to ``totals``; padding has mask 0."""
+              totals: dict[str, jax.Array],
+              input_fn: InputFn | None = None) -> dict[str, jax.Array]:
+  """Adds a (padded) eval batch's sums to ``totals``; padding has mask 0.
+
+  ``input_fn`` as in `train_step`.
+  """
   logits = state.apply_fn(
       {"params": state.params, "batch_stats": state.batch_stats,
        **(state.model_state or {})},
-      batch["image"], train=False).astype(jnp.float32)
+      _model_input(batch, input_fn), train=False).astype(jnp.float32)
   mask = batch["mask"].astype(jnp.float32)
   loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
   sums = {
@@ -98,7 +115,8 @@ def eval_step(state: TrainState, batch: Mapping[str, jax.Array],
 
 
 def jit_train_step(learning_rate_fn: optax.Schedule, mesh: jax.sharding.Mesh,
-                   cpu_fast_path: bool = True
+                   cpu_fast_path: bool = True,
+                   input_fn: InputFn | None = None
                    ) -> Callable[[TrainState, Mapping[str, jax.Array]],
                                  tuple[TrainState, dict[str, jax.Array]]]:
   """`train_step` jitted over ``mesh``: batch split along 'data', state
@@ -114,20 +132,22 @@ def jit_train_step(learning_rate_fn: optax.Schedule, mesh: jax.sharding.Mesh,
   # the model, and the same code runs on 1 CPU, 8 GPUs or a multi-host pod.
   replicated = mesh_lib.replicated(mesh)
   return jax.jit(
-      functools.partial(train_step, learning_rate_fn=learning_rate_fn),
+      functools.partial(train_step, learning_rate_fn=learning_rate_fn,
+                        input_fn=input_fn),
       in_shardings=(replicated, mesh_lib.data_sharding(mesh)),
       out_shardings=(replicated, replicated),
       donate_argnums=(0,),
       compiler_options=fast_path_lib.compiler_options(mesh, cpu_fast_path))
 
 
-def jit_eval_step(mesh: jax.sharding.Mesh, cpu_fast_path: bool = True
+def jit_eval_step(mesh: jax.sharding.Mesh, cpu_fast_path: bool = True,
+                  input_fn: InputFn | None = None
                   ) -> Callable[..., dict[str, jax.Array]]:
   """`eval_step` jitted over ``mesh`` (batch split, state and totals
-  replicated); ``cpu_fast_path`` as in `jit_train_step`."""
+  replicated); ``cpu_fast_path`` and ``input_fn`` as in `jit_train_step`."""
   replicated = mesh_lib.replicated(mesh)
   return jax.jit(
-      eval_step,
+      functools.partial(eval_step, input_fn=input_fn),
       in_shardings=(replicated, mesh_lib.data_sharding(mesh), replicated),
       out_shardings=replicated,
       compiler_options=fast_path_lib.compiler_options(mesh, cpu_fast_path))

@@ -1,0 +1,118 @@
+"""JPEG decode that reads only what a crop needs: DCT-domain downscaling.
+
+libjpeg can decode a JPEG at 1/2, 1/4 or 1/8 of its size by keeping fewer
+DCT coefficients, at a fraction of the cost of a full decode. When a crop is
+at least twice the output size in both directions, decoding at the largest
+such scale and resizing the scaled crop gives nearly the same pixels as
+resizing the full-size crop (both are low-pass filters of the same image;
+tests bound the difference) for much less work.
+
+Decoders (`DECODERS`), chosen by measurement (benchmarks/input_pipeline.py):
+
+- "pil": full decode with PIL, then crop+resize (the reference).
+- "pil_draft": PIL's ``Image.draft`` (libjpeg scaled decode), then
+  crop+resize of the scaled image. The default: no extra dependency.
+- "simplejpeg": simplejpeg's scaled decode (libjpeg-turbo, wheels for
+  Linux x86-64 and aarch64), then crop+resize with PIL.
+
+Crop boxes are always given in the full-size image's coordinates, so the
+random numbers (and hence resume) do not depend on the decoder.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from typing import Callable
+
+import numpy as np
+
+DECODERS = ('pil', 'pil_draft', 'simplejpeg')
+# (top, left, height, width) of the crop, from the full image's (H, W).
+BoxFn = Callable[[int, int], tuple[int, int, int, int]]
+
+
+def check_decoder(decoder: str) -> str:
+  """Returns `decoder`, or raises naming the valid ones."""
+  if decoder not in DECODERS:
+    raise ValueError(f'decoder={decoder!r}; use one of {DECODERS}.')
+  if decoder == 'simplejpeg':
+    try:
+      import simplejpeg  # pylint: disable=g-import-not-at-top,unused-import
+    except ImportError as e:
+      raise ImportError('decoder="simplejpeg" needs simplejpeg: pip install '
+                        'simplejpeg (or use decoder="pil_draft").') from e
+  return decoder
+
+
+def scale_factor(crop_h: int, crop_w: int, out_h: int, out_w: int) -> int:
+  """The largest of 1, 2, 4, 8 that keeps the scaled crop >= the output."""
+  s = 8
+  while s > 1 and (crop_h < s * out_h or crop_w < s * out_w):
+    s //= 2
+  return s
+
+
+def is_jpeg(data: bytes) -> bool:
+  return data[:3] == b'\xff\xd8\xff'
+
+
+def _resize_box(img, box: tuple[int, int, int, int], sy: float, sx: float,
+                out_hw: tuple[int, int]) -> np.ndarray:
+  """Bilinear resize of `box` (full-image coordinates) of a scaled image."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  top, left, h, w = box
+  fbox = (left * sx, top * sy, (left + w) * sx, (top + h) * sy)
+  out = img.resize((out_hw[1], out_hw[0]), Image.BILINEAR, box=fbox)
+  return np.asarray(out, dtype=np.uint8)
+
+
+def _decode_pil(data: bytes, box_fn: BoxFn, out_hw: tuple[int, int],
+                draft: bool) -> np.ndarray:
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  img = Image.open(io.BytesIO(data))
+  full_w, full_h = img.size
+  box = box_fn(full_h, full_w)
+  if draft and img.format == 'JPEG':
+    s = scale_factor(box[2], box[3], *out_hw)
+    if s > 1:
+      # draft picks the smallest scale whose size is >= the one asked for.
+      img.draft('RGB', (math.ceil(full_w / s), math.ceil(full_h / s)))
+  if img.mode != 'RGB':
+    img = img.convert('RGB')
+  return _resize_box(img, box, img.size[1] / full_h, img.size[0] / full_w,
+                     out_hw)
+
+
+def _decode_simplejpeg(data: bytes, box_fn: BoxFn,
+                       out_hw: tuple[int, int]) -> np.ndarray:
+  import simplejpeg  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  if not is_jpeg(data):
+    return _decode_pil(data, box_fn, out_hw, draft=False)
+  full_h, full_w, _, _ = simplejpeg.decode_jpeg_header(data)
+  box = box_fn(full_h, full_w)
+  s = scale_factor(box[2], box[3], *out_hw)
+  arr = simplejpeg.decode_jpeg(
+      data, colorspace='RGB', min_height=math.ceil(full_h / s),
+      min_width=math.ceil(full_w / s))
+  return _resize_box(Image.fromarray(arr), box, arr.shape[0] / full_h,
+                     arr.shape[1] / full_w, out_hw)
+
+
+def decode_crop_resize(data: bytes, box_fn: BoxFn, out_hw: tuple[int, int],
+                       decoder: str = 'pil_draft') -> np.ndarray:
+  """Decodes encoded RGB image bytes, crops and resizes (bilinear).
+
+  Args:
+    data: encoded image (JPEG gets the scaled decode; others decode fully).
+    box_fn: (full height, full width) -> (top, left, h, w) of the crop.
+    out_hw: output (height, width).
+    decoder: one of `DECODERS`.
+
+  Returns:
+    uint8 [out_h, out_w, 3].
+  """
+  if decoder == 'simplejpeg':
+    return _decode_simplejpeg(data, box_fn, out_hw)
+  return _decode_pil(data, box_fn, out_hw, draft=decoder == 'pil_draft')
