@@ -1,7 +1,6 @@
 """The JPEG path: scaled decode vs full decode, determinism, uint8 on device,
 and train.py end to end on a tiny generated JPEG dataset."""
 
-import json
 import os
 import subprocess
 import sys
@@ -14,6 +13,7 @@ from ovsw_jax import data
 from ovsw_jax.data import augment
 from ovsw_jax.data import device_normalize
 from ovsw_jax.data import jpeg
+from ovsw_jax.training import metrics_io
 
 pytest.importorskip('tensorflow_datasets')
 pytest.importorskip('importlib_resources')
@@ -116,10 +116,12 @@ def test_train_py_end_to_end_on_jpegs(tiny_jpegs, tmp_path):
   out = subprocess.run(cmd, env=env, capture_output=True, text=True,
                        timeout=300, check=False)
   assert out.returncode == 0, out.stderr[-3000:]
-  records = [json.loads(l) for l in open(tmp_path / 'metrics.jsonl')]
+  records = metrics_io.read_metrics(str(tmp_path))
   evals = [r for r in records if 'eval_top1' in r]
   assert evals and evals[-1]['eval_count'] == 6   # Every eval image, once.
-  assert all(np.isfinite(r['loss']) for r in records if 'loss' in r)
+  losses = [r['train_loss'] for r in records if 'train_loss' in r]
+  assert [r['step'] for r in records if 'train_loss' in r] == [2, 4]
+  assert np.all(np.isfinite(losses))
 
 
 def test_input_pipeline_benchmark_tiny(tmp_path, monkeypatch):
