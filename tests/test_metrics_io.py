@@ -49,3 +49,22 @@ def test_missing_metrics_name_the_workdir(tmp_path):
     assert "nothing" in str(e) and "--workdir" in str(e)
   else:
     raise AssertionError("no error")
+
+
+def test_tensorboard_scalars_read_back_with_event_accumulator(tmp_path):
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+  writer = metrics_io.MetricsWriter(str(tmp_path))
+  writer.write(5, {"train_loss": 2.5, "lr": 0.1, "flip_rate/conv1": 0.125,
+                   "method": "ovsw"})
+  writer.write(10, {"train_loss": 2.0, "lr": 0.05, "eval_top1": 0.25,
+                    "eval_count": 20})
+  writer.close()
+  acc = event_accumulator.EventAccumulator(str(tmp_path / "tensorboard"))
+  acc.Reload()
+  scalars = {tag: [(e.step, e.value) for e in acc.Scalars(tag)]
+             for tag in acc.Tags()["scalars"]}
+  assert scalars["train_loss"] == [(5, 2.5), (10, 2.0)]
+  assert scalars["lr"] == [(5, 0.10000000149011612), (10, 0.05000000074505806)]
+  assert scalars["flip_rate/conv1"] == [(5, 0.125)]
+  assert scalars["eval_top1"] == [(10, 0.25)]
+  assert "method" not in scalars

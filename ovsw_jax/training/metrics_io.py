@@ -12,14 +12,14 @@ record for the log.
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from typing import Any, Mapping, Optional
 
-from absl import logging
 from etils import epath
 import numpy as np
+
+from ovsw_jax.training import tensorboard
 
 METRICS_DIR = "metrics"
 # The single append-only file of runs made before the chunk files.
@@ -92,9 +92,9 @@ class MetricsWriter:
 
   Records are buffered and written as a new chunk file at most every
   ``flush_every_s`` seconds, with every evaluation record and on `close`.
-  Only process 0 writes. TensorBoard goes through `clu.metric_writers`, which
-  needs TensorFlow; without it only the chunks are written (and a line in
-  the log says so).
+  Only process 0 writes. TensorBoard events (workdir/tensorboard) go through
+  `ovsw_jax.training.tensorboard` (tensorboardX, no TensorFlow); without
+  tensorboardX only the chunks are written (and a line in the log says so).
   """
 
   def __init__(self, workdir: str, enabled: bool = True,
@@ -123,13 +123,7 @@ class MetricsWriter:
     self._next = chunks[-1][0] + 1 if chunks else 0
     if keep_until_step is not None:
       self._truncate(keep_until_step, chunks)
-    try:
-      from clu import metric_writers  # pylint: disable=g-import-not-at-top
-      self._summary = metric_writers.create_default_writer(
-          os.fspath(self._workdir / "tensorboard"), asynchronous=False)
-    except ImportError as e:
-      logging.info("TensorBoard summaries off (clu.metric_writers: %s); "
-                   "metrics go to %s/ only.", e, METRICS_DIR)
+    self._summary = tensorboard.create_writer(self._workdir)
 
   def _truncate(self, keep_until_step: int, chunks) -> None:
     """Rewrites the records up to ``keep_until_step`` as one new chunk."""
@@ -157,10 +151,7 @@ class MetricsWriter:
         or time.time() - self._last_flush >= self._flush_every_s):
       self.flush()
     if self._summary is not None:
-      scalars = {k: v for k, v in record.items()
-                 if k != "step" and isinstance(v, (int, float))
-                 and not isinstance(v, bool)}
-      self._summary.write_scalars(int(step), scalars)
+      self._summary.write(int(step), record)
 
   def flush(self) -> None:
     """Writes the buffered records as the next chunk file (whole)."""
@@ -171,6 +162,8 @@ class MetricsWriter:
     path.write_text("".join(json.dumps(r) + "\n" for r in self._buffer))
     self._next += 1
     self._buffer = []
+    if self._summary is not None:
+      self._summary.flush()
 
   def close(self) -> None:
     self.flush()
