@@ -49,7 +49,7 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> str:
   else:
     tmp = folder / f"{CONFIG_FILE}.tmp-{os.getpid()}"
     tmp.write_text(text)
-    tmp.rename(path)
+    os.replace(tmp, path)  # epath.rename refuses to overwrite
   return os.fspath(path)
 
 
