@@ -36,6 +36,9 @@ setup(
         "matplotlib>=3.7",
         # Its bundled 8x8 digits are the quickstart's offline dataset.
         "scikit-learn>=1.3",
+        # TensorBoard event files without TensorFlow (pure Python).
+        "tensorboardX>=2.6",
+        "etils[epath]>=1.5",
     ],
     extras_require={
         "test": [
@@ -44,6 +47,8 @@ setup(
             "nbformat>=5.9",
             "ipykernel>=6.25",
             "simplejpeg>=1.7",  # tests of decoder="simplejpeg"
+            # EventAccumulator reads the event files back in the tests.
+            "tensorboard>=2.15",
         ],
         # The CPU build that installs offline; a range would pull a CUDA build.
         "torch": ["torch==2.13.0"],

@@ -11,6 +11,7 @@ The public API, re-exported (`__all__`)::
   ovsw_jax.ags_diagnostics, sad_diagnostics              # optax transforms
   ovsw_jax.ReCUConv, recu.recu_tau                       # peer method: ReCU
   ovsw_jax.bop.bop, BopState                             # peer method: Bop
+  ovsw_jax.read_metrics                                  # a run's records
 
 and the submodules `ops`, `layers`, `models`, `masks`, `transforms`,
 `diagnostics`, `recu` and `bop`. The exact semantics are in
@@ -54,6 +55,17 @@ from ovsw_jax.transforms import SilenceAwarenessDecayState
 
 __version__ = "0.1.0"
 
+
+def read_metrics(workdir):
+  """A training run's metric records, in step order (dicts with ``step``).
+
+  See `ovsw_jax.training.metrics_io.read_metrics`; the workdir may be local
+  or any `etils.epath` path (``gs://...``). Imported on call: the training
+  package is heavier than the rest of the top level.
+  """
+  from ovsw_jax.training import metrics_io  # pylint: disable=g-import-not-at-top
+  return metrics_io.read_metrics(workdir)
+
 __all__ = [
     # Submodules.
     "bop", "diagnostics", "layers", "masks", "models", "ops", "recu",
@@ -67,4 +79,6 @@ __all__ = [
     "AdaptiveGradientScalingState", "BopState", "SilenceAwarenessDecayState",
     "adaptive_gradient_scaling", "ags_diagnostics", "binary_kernel_mask",
     "binary_or_float", "ovsw", "sad_diagnostics", "silence_awareness_decay",
+    # A run's records.
+    "read_metrics",
 ]

@@ -82,7 +82,8 @@ def export_checkpoint(workdir: str, out: str, *, checkpoint: str = "latest",
       model_options=export_lib.json_model_options(options),
       image_shape=image_shape, float_dtype=float_dtype,
       metadata={"step": int(step), "method": config.method,
-                "dataset": config.dataset, "workdir": os.path.abspath(workdir)})
+                "dataset": config.dataset,
+                "workdir": os.fspath(workdir_lib.workdir_path(workdir))})
   size = format_lib.save(packed, out)
   return {"out": out, "bytes": size,
           "float32_bytes": export_lib.float32_bytes(variables),

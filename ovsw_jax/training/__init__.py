@@ -11,7 +11,7 @@ The modules, in the order data flows through them:
 * `mesh`: devices, mesh, shardings, jax.distributed; `cpu_fast_path`: the
   CPU-only compiler options and bfloat16 binary operands;
 * `checkpointing`, `workdir` (config.json, checkpoint choice), `metrics_io`
-  (metrics.jsonl, TensorBoard), `progress`;
+  (metric chunk files, read_metrics), `tensorboard`, `progress`;
 * `loop`: `train_and_evaluate`, `load_checkpoint`.
 """
 

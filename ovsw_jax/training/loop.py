@@ -2,7 +2,7 @@
 
 `train_and_evaluate` validates the config, builds the experiment, restores
 the workdir's latest checkpoint (or initialises), then runs `_Run`: one
-jitted step per batch, with logging (metrics.jsonl, TensorBoard, tqdm),
+jitted step per batch, with logging (metrics chunks, TensorBoard, tqdm),
 per-layer flip rates, periodic evaluation, orbax checkpoints, exact resume,
 and a stop at the first non-finite loss. Which steps log, evaluate and save
 is decided up front (`schedules.plan_steps`), so each part of the loop is a
@@ -106,11 +106,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   With ``config.eval_only`` it only evaluates the latest (or, with
   ``eval_checkpoint='best'``, the best) checkpoint and appends the result to
-  metrics.jsonl.
+  the workdir's metrics.
 
   Args:
     config: a full config (see `ovsw_jax.training.config.default_config`).
-    workdir: where checkpoints, metrics.jsonl and TensorBoard files go. Run
+    workdir: where checkpoints, metrics and TensorBoard files go (local or
+      ``gs://``, anything `etils.epath` reaches). Run
       the same command again to resume from the latest checkpoint.
     mesh: the data-parallel mesh; default: all devices of all processes.
 
@@ -349,6 +350,9 @@ class _Run:
           f"{self.manager.latest_step()}) in {self.manager.directory} is "
           "kept.")
     config = self.config
+    # Records up to this step reach the workdir before the checkpoint can:
+    # a resume from it never leaves a gap in the metrics.
+    self.writer.flush()
     checkpointing.save(
         self.manager, step, state_lib.checkpoint_items(state),
         meta={"step": step, "data_step": step,

@@ -1,20 +1,30 @@
-"""A run's metric records: workdir/metrics.jsonl and TensorBoard.
+"""A run's metric records: chunk files under workdir/metrics/, TensorBoard.
 
-`MetricsWriter` writes one JSON record per log step (process 0 only);
-`read_metrics` reads them back in order; `summary_line` and `layer_table`
-format a record for the log.
+`MetricsWriter` writes one JSON record per log step (process 0 only) into
+numbered chunk files, ``workdir/metrics/chunk-000000.jsonl``, ... Object
+stores (``gs://``) cannot append, so each flush writes a new chunk through
+`etils.epath`; a kill loses at most the records since the last flush.
+`read_metrics` reads them back in step order (and the single metrics.jsonl
+of runs made before the chunks); `summary_line` and `layer_table` format a
+record for the log.
 """
 
 from __future__ import annotations
 
 import json
-import os
+import re
+import time
 from typing import Any, Mapping, Optional
 
-from absl import logging
+from etils import epath
 import numpy as np
 
-METRICS_FILE = "metrics.jsonl"
+from ovsw_jax.training import tensorboard
+
+METRICS_DIR = "metrics"
+# The single append-only file of runs made before the chunk files.
+LEGACY_METRICS_FILE = "metrics.jsonl"
+_CHUNK = re.compile(r"chunk-(\d+)\.jsonl$")
 
 
 def to_json_value(v: Any) -> Any:
@@ -29,93 +39,167 @@ def to_json_value(v: Any) -> Any:
   return float(a)
 
 
+def _chunks(workdir: epath.Path) -> list[tuple[int, epath.Path]]:
+  """(sequence number, path) of the workdir's chunk files, in order."""
+  folder = workdir / METRICS_DIR
+  if not folder.exists():
+    return []
+  found = [(int(m.group(1)), p) for p in folder.iterdir()
+           if (m := _CHUNK.search(p.name))]
+  return sorted(found)
+
+
+def _parse_lines(text: str, tolerate_last: bool) -> list[dict[str, Any]]:
+  lines = [line for line in text.splitlines() if line.strip()]
+  records = []
+  for i, line in enumerate(lines):
+    try:
+      records.append(json.loads(line))
+    except json.JSONDecodeError:
+      # Only the legacy file's last line can be cut short by a kill; a
+      # chunk is written whole.
+      if not tolerate_last or i < len(lines) - 1:
+        raise
+  return records
+
+
+def _read_all(workdir: epath.Path) -> list[dict[str, Any]]:
+  """All records, in the order they were written."""
+  records = []
+  legacy = workdir / LEGACY_METRICS_FILE
+  if legacy.exists():
+    records += _parse_lines(legacy.read_text(), tolerate_last=True)
+  for _, path in _chunks(workdir):
+    records += _parse_lines(path.read_text(), tolerate_last=False)
+  return records
+
+
 class MetricsWriter:
-  """Writes metric records to workdir/metrics.jsonl and TensorBoard.
+  """Writes metric records to workdir/metrics/ chunks and TensorBoard.
 
   One JSON object per line, always with ``step``. Training records (every
   log_every_steps and at each epoch's end) hold ``epoch``, ``train_loss``,
   ``train_top1``, ``train_top5``, ``ags_ratio`` and ``silent_fraction``
   (means over the steps since the previous record), ``lr`` and, with ReCU,
   ``recu_tau`` (of the last step), ``images_per_sec`` (evaluation and
-  checkpointing excluded), ``ags_ratio/<param>`` and ``silent_fraction/<param>`` per binary kernel
-  (as of the last step) and, every flip_stats_every_steps, ``flip_rate``
-  and ``flip_rate/<param>``: the fraction of binary weights whose sign
-  changed since the previous measurement. Evaluation adds ``eval_loss``,
-  ``eval_top1``, ``eval_top5`` and ``eval_count`` (images counted). Floats
-  are the float32 values as Python floats, unrounded.
+  checkpointing excluded), ``ags_ratio/<param>`` and
+  ``silent_fraction/<param>`` per binary kernel (as of the last step) and,
+  every flip_stats_every_steps, ``flip_rate`` and ``flip_rate/<param>``: the
+  fraction of binary weights whose sign changed since the previous
+  measurement. Evaluation adds ``eval_loss``, ``eval_top1``, ``eval_top5``
+  and ``eval_count`` (images counted). Floats are the float32 values as
+  Python floats, unrounded.
 
-  Only process 0 writes. TensorBoard goes through `clu.metric_writers`, which
-  needs TensorFlow; without it only the JSONL file is written (and a line in
-  the log says so).
+  Records are buffered and written as a new chunk file at most every
+  ``flush_every_s`` seconds, with every evaluation record and on `close`.
+  Only process 0 writes. TensorBoard events (workdir/tensorboard) go through
+  `ovsw_jax.training.tensorboard` (tensorboardX, no TensorFlow); without
+  tensorboardX only the chunks are written (and a line in the log says so).
   """
 
   def __init__(self, workdir: str, enabled: bool = True,
-               keep_until_step: Optional[int] = None):
-    """Opens workdir/metrics.jsonl for appending.
+               keep_until_step: Optional[int] = None,
+               flush_every_s: float = 30.0):
+    """Opens the workdir's metrics for adding records.
 
     Args:
-      workdir: the run's directory.
+      workdir: the run's directory: a local path or any `etils.epath` path
+        (``gs://bucket/run``).
       enabled: False on processes other than 0.
       keep_until_step: drop the records of later steps first: a run resumed
         from a checkpoint at this step redoes them.
+      flush_every_s: the longest time a record waits in memory.
     """
     self._enabled = enabled
-    self._file = None
     self._summary = None
+    self._buffer: list[dict[str, Any]] = []
+    self._flush_every_s = flush_every_s
+    self._last_flush = time.time()
     if not enabled:
       return
-    os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, METRICS_FILE)
-    if keep_until_step is not None and os.path.exists(path):
-      records = [r for r in read_metrics(workdir)
-                 if r["step"] <= keep_until_step]
-      with open(path + ".tmp", "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in records)
-      os.replace(path + ".tmp", path)
-    self._file = open(path, "a")
-    try:
-      from clu import metric_writers  # pylint: disable=g-import-not-at-top
-      self._summary = metric_writers.create_default_writer(
-          os.path.join(workdir, "tensorboard"), asynchronous=False)
-    except ImportError as e:
-      logging.info("TensorBoard summaries off (clu.metric_writers: %s); "
-                   "metrics go to %s only.", e, METRICS_FILE)
+    self._workdir = epath.Path(workdir)
+    (self._workdir / METRICS_DIR).mkdir(parents=True, exist_ok=True)
+    chunks = _chunks(self._workdir)
+    self._next = chunks[-1][0] + 1 if chunks else 0
+    if keep_until_step is not None:
+      self._truncate(keep_until_step, chunks)
+    self._summary = tensorboard.create_writer(self._workdir)
+
+  def _truncate(self, keep_until_step: int, chunks) -> None:
+    """Rewrites the records up to ``keep_until_step`` as one new chunk."""
+    legacy = self._workdir / LEGACY_METRICS_FILE
+    records = _read_all(self._workdir)
+    if all(r["step"] <= keep_until_step for r in records) and \
+        not legacy.exists():
+      return
+    # Write the kept records first, then remove the old files: a kill in
+    # between leaves duplicates that read_metrics drops, never a gap.
+    self._buffer = [r for r in records if r["step"] <= keep_until_step]
+    self.flush()
+    for _, path in chunks:
+      path.unlink()
+    if legacy.exists():
+      legacy.unlink()
 
   def write(self, step: int, values: Mapping[str, Any]) -> None:
     if not self._enabled:
       return
     record = {"step": int(step)}
     record.update({k: to_json_value(v) for k, v in values.items()})
-    self._file.write(json.dumps(record) + "\n")
-    self._file.flush()
+    self._buffer.append(record)
+    if ("eval_count" in record
+        or time.time() - self._last_flush >= self._flush_every_s):
+      self.flush()
     if self._summary is not None:
-      scalars = {k: v for k, v in record.items()
-                 if k != "step" and isinstance(v, (int, float))
-                 and not isinstance(v, bool)}
-      self._summary.write_scalars(int(step), scalars)
+      self._summary.write(int(step), record)
+
+  def flush(self) -> None:
+    """Writes the buffered records as the next chunk file (whole)."""
+    self._last_flush = time.time()
+    if not self._enabled or not self._buffer:
+      return
+    path = self._workdir / METRICS_DIR / f"chunk-{self._next:06d}.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in self._buffer))
+    self._next += 1
+    self._buffer = []
+    if self._summary is not None:
+      self._summary.flush()
 
   def close(self) -> None:
-    if self._file is not None:
-      self._file.close()
+    self.flush()
     if self._summary is not None:
       self._summary.close()
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
-  """The records of workdir/metrics.jsonl, in order.
+  """The metric records of a run, in step order.
 
-  A last line cut short (the run was killed while writing it) is skipped.
+  Args:
+    workdir: the run's directory (local or any `etils.epath` path).
+
+  Returns:
+    Dicts with ``step`` and the logged keys (``train_loss``, ``eval_top1``,
+    ...; see `MetricsWriter`), from the chunk files and, for older runs,
+    metrics.jsonl. Records of the same step keep their written order; a
+    record repeated by a kill during a resume's rewrite is dropped.
+
+  Raises:
+    FileNotFoundError: the workdir holds no metrics.
   """
-  with open(os.path.join(workdir, METRICS_FILE)) as f:
-    lines = [line for line in f if line.strip()]
-  records = []
-  for i, line in enumerate(lines):
-    try:
-      records.append(json.loads(line))
-    except json.JSONDecodeError:
-      if i < len(lines) - 1:
-        raise
-  return records
+  path = epath.Path(workdir)
+  if not _chunks(path) and not (path / LEGACY_METRICS_FILE).exists():
+    raise FileNotFoundError(
+        f"no metrics under {workdir} (neither {METRICS_DIR}/chunk-*.jsonl "
+        f"nor {LEGACY_METRICS_FILE}); pass the --workdir of a training run")
+  records, seen = [], set()
+  for record in _read_all(path):
+    key = json.dumps(record, sort_keys=True)
+    if key not in seen:
+      seen.add(key)
+      records.append(record)
+  # sorted() is stable: eval-only records stay after their step's training
+  # record.
+  return sorted(records, key=lambda r: r["step"])
 
 
 def summary_line(record: Mapping[str, Any]) -> str:

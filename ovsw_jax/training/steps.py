@@ -23,10 +23,20 @@ from ovsw_jax.training.state import TrainState
 
 
 def _topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
-  """1.0 where the label is among the k largest logits (per example)."""
-  k = min(k, logits.shape[-1])
-  _, top = jax.lax.top_k(logits, k)
-  return jnp.any(top == labels[:, None], axis=-1).astype(jnp.float32)
+  """1.0 where the label is among the k largest logits (per example).
+
+  The label's rank, counted per row (logits above it, and equal ones at a
+  lower index: `jax.lax.top_k`'s order), so each row needs only its own
+  logits. `jax.lax.top_k` itself is not split along the batch by XLA's SPMD
+  partitioner: it all-gathered the logits in every eval step, and many such
+  steps in flight on 4 simulated CPU devices aborted the process in the
+  collective's rendezvous.
+  """
+  label_logit = jnp.take_along_axis(logits, labels[:, None], axis=-1)
+  index = jnp.arange(logits.shape[-1])
+  ahead = (logits > label_logit) | ((logits == label_logit)
+                                     & (index < labels[:, None]))
+  return (jnp.sum(ahead, axis=-1) < k).astype(jnp.float32)
 
 
 InputFn = Callable[[jax.Array], jax.Array]
@@ -95,9 +105,13 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array],
 def eval_step(state: TrainState, batch: Mapping[str, jax.Array],
               totals: dict[str, jax.Array],
               input_fn: InputFn | None = None) -> dict[str, jax.Array]:
-  """Adds a (padded) eval batch's sums to ``totals``; padding has mask 0.
+  """Adds a (padded) eval batch's per-row values to ``totals``.
 
-  ``input_fn`` as in `train_step`.
+  ``totals`` holds one value per row of the global batch (loss, top1, top5,
+  count), sharded along 'data' like the batch: adding them needs no
+  cross-device reduction, so an eval step runs no collective. `evaluate`
+  sums the rows once at the end. Padding rows have mask 0. ``input_fn`` as
+  in `train_step`.
   """
   logits = state.apply_fn(
       {"params": state.params, "batch_stats": state.batch_stats,
@@ -105,13 +119,13 @@ def eval_step(state: TrainState, batch: Mapping[str, jax.Array],
       _model_input(batch, input_fn), train=False).astype(jnp.float32)
   mask = batch["mask"].astype(jnp.float32)
   loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
-  sums = {
-      "loss": jnp.sum(loss * mask),
-      "top1": jnp.sum(_topk_correct(logits, batch["label"], 1) * mask),
-      "top5": jnp.sum(_topk_correct(logits, batch["label"], 5) * mask),
-      "count": jnp.sum(mask),
+  rows = {
+      "loss": loss * mask,
+      "top1": _topk_correct(logits, batch["label"], 1) * mask,
+      "top5": _topk_correct(logits, batch["label"], 5) * mask,
+      "count": mask,
   }
-  return jax.tree.map(jnp.add, totals, sums)
+  return jax.tree.map(jnp.add, totals, rows)
 
 
 def jit_train_step(learning_rate_fn: optax.Schedule, mesh: jax.sharding.Mesh,
@@ -143,19 +157,27 @@ def jit_train_step(learning_rate_fn: optax.Schedule, mesh: jax.sharding.Mesh,
 def jit_eval_step(mesh: jax.sharding.Mesh, cpu_fast_path: bool = True,
                   input_fn: InputFn | None = None
                   ) -> Callable[..., dict[str, jax.Array]]:
-  """`eval_step` jitted over ``mesh`` (batch split, state and totals
-  replicated); ``cpu_fast_path`` and ``input_fn`` as in `jit_train_step`."""
+  """`eval_step` jitted over ``mesh``: state replicated, batch and per-row
+  totals split along 'data' (so the step holds no collective);
+  ``cpu_fast_path`` and ``input_fn`` as in `jit_train_step`."""
   replicated = mesh_lib.replicated(mesh)
+  rows = mesh_lib.data_sharding(mesh)
   return jax.jit(
       functools.partial(eval_step, input_fn=input_fn),
-      in_shardings=(replicated, mesh_lib.data_sharding(mesh), replicated),
-      out_shardings=replicated,
+      in_shardings=(replicated, rows, rows),
+      out_shardings=rows,
+      donate_argnums=(2,),
       compiler_options=fast_path_lib.compiler_options(mesh, cpu_fast_path))
 
 
-def _zero_eval_totals() -> dict[str, jax.Array]:
-  return {k: jnp.zeros([], jnp.float32)
-          for k in ("loss", "top1", "top5", "count")}
+_EVAL_KEYS = ("loss", "top1", "top5", "count")
+
+
+def _zero_eval_totals(rows: int, mesh: jax.sharding.Mesh
+                      ) -> dict[str, jax.Array]:
+  """Per-row zeros for this host's ``rows`` rows, sharded along 'data'."""
+  return mesh_lib.shard_batch(
+      {k: np.zeros([rows], np.float32) for k in _EVAL_KEYS}, mesh)
 
 
 def evaluate(eval_fn: Callable[..., Any], state: TrainState,
@@ -163,14 +185,23 @@ def evaluate(eval_fn: Callable[..., Any], state: TrainState,
              mesh: jax.sharding.Mesh) -> dict[str, float]:
   """One pass over eval batches (this host's rows of each global batch).
 
+  The per-row totals stay sharded during the pass and are summed across
+  devices once, at the end, so no eval step waits on the other devices.
+
   Returns:
     eval_loss, eval_top1, eval_top5 (means over the unpadded examples) and
     eval_count (how many examples were counted).
   """
-  totals = jax.device_put(_zero_eval_totals(), mesh_lib.replicated(mesh))
+  totals = None
   for batch in batches:
+    if totals is None:
+      totals = _zero_eval_totals(len(batch["label"]), mesh)
     totals = eval_fn(state, mesh_lib.shard_batch(batch, mesh), totals)
-  totals = jax.device_get(totals)
+  if totals is None:
+    raise ValueError("the eval split yielded no batches")
+  sums = jax.jit(lambda t: jax.tree.map(jnp.sum, t),
+                 out_shardings=mesh_lib.replicated(mesh))(totals)
+  totals = jax.device_get(sums)
   count = float(totals["count"])
   if count == 0:
     raise ValueError("the eval split yielded no examples")

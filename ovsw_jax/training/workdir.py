@@ -13,6 +13,7 @@ import json
 import os
 from typing import Union
 
+from etils import epath
 import ml_collections
 import orbax.checkpoint as ocp
 
@@ -20,20 +21,36 @@ CHECKPOINT_DIR = "checkpoints"
 CONFIG_FILE = "config.json"
 
 
+def workdir_path(workdir: str) -> epath.Path:
+  """``workdir`` as an `etils.epath` path; local paths made absolute."""
+  workdir = os.fspath(workdir)
+  if "://" in workdir:
+    return epath.Path(workdir)
+  return epath.Path(os.path.abspath(workdir))
+
+
 def checkpoint_dir(workdir: str) -> str:
-  """The workdir's checkpoint directory, as an absolute path."""
-  return os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+  """The workdir's checkpoint directory: absolute, or a ``gs://`` path."""
+  return os.fspath(workdir_path(workdir) / CHECKPOINT_DIR)
 
 
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> str:
-  """Writes ``workdir/config.json`` (atomically); returns its path."""
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, CONFIG_FILE)
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    f.write(config.to_json_best_effort(indent=1, sort_keys=True))
-  os.replace(tmp, path)
-  return path
+  """Writes ``workdir/config.json`` whole; returns its path.
+
+  Local paths and object stores alike (`etils.epath`): an object is written
+  whole; a local file goes through a temporary file and a rename.
+  """
+  folder = workdir_path(workdir)
+  folder.mkdir(parents=True, exist_ok=True)
+  path = folder / CONFIG_FILE
+  text = config.to_json_best_effort(indent=1, sort_keys=True)
+  if "://" in os.fspath(path):
+    path.write_text(text)
+  else:
+    tmp = folder / f"{CONFIG_FILE}.tmp-{os.getpid()}"
+    tmp.write_text(text)
+    os.replace(tmp, path)  # epath.rename refuses to overwrite
+  return os.fspath(path)
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
@@ -43,19 +60,19 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
     FileNotFoundError: the workdir does not exist, or holds no config.json
       (a run of an ovsw_jax older than config.json: pass its config).
   """
-  if not os.path.isdir(workdir):
+  folder = workdir_path(workdir)
+  path = folder / CONFIG_FILE
+  if not path.exists() and not folder.is_dir():
     raise FileNotFoundError(
         f"workdir {workdir} does not exist; pass the --workdir of a "
         "training run")
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path):
+  if not path.exists():
     raise FileNotFoundError(
         f"{path} not found: this workdir holds no run's config (it was not "
         "trained by ovsw_jax, or by a version older than config.json). Pass "
         "the run's config: --config=configs/<recipe>.py (with the same "
         "overrides as in training).")
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
 def choose_step(manager: ocp.CheckpointManager,
