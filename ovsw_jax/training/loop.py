@@ -357,7 +357,9 @@ class _Run:
         meta={"step": step, "data_step": step,
               "epoch": step / self.experiment.steps_per_epoch,
               "method": config.method, "model": config.model,
-              "dataset": config.dataset},
+              "dataset": config.dataset,
+              # So that an export needs no dataset files to know it.
+              "image_shape": list(self.experiment.info.image_shape)},
         metrics=({"eval_top1": self.last_eval["eval_top1"]}
                  if evaluated else None))
     self.window.pause += time.time() - t
