@@ -40,14 +40,18 @@ UNREADABLE_SUFFIX = ".unreadable"
 
 class _OrbaxLogFilter(std_logging.Filter):
   """Drops orbax's INFO chatter (a dozen lines per save) and its warning about
-  checkpoints saved without metrics (only those after an eval have any)."""
+  checkpoints saved without metrics (only those after an eval have any), and
+  the one that a read-only manager's directory is read only."""
 
   def filter(self, record: std_logging.LogRecord) -> bool:
     if f"{os.sep}orbax{os.sep}" not in record.pathname:
       return True
     if record.levelno < std_logging.WARNING:
       return False
-    return "did not provide metrics" not in record.getMessage()
+    message = record.getMessage()
+    # Read-only managers (evaluation, export) are meant to be read only.
+    return ("did not provide metrics" not in message and
+            "Given directory is read only" not in message)
 
 
 def quiet_orbax_logs() -> None:
