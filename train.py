@@ -10,11 +10,14 @@ JAX_NUM_PROCESSES, JAX_PROCESS_ID environment variables), or
 --distributed_auto on a managed cluster (TPU pod, SLURM, ...).
 """
 
+import ast
+import json
 import sys
 
 from absl import app
 from absl import flags
 from absl import logging
+import ml_collections
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
@@ -32,15 +35,54 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def _fail(message: str) -> None:
-  """Exits with status 1 and a one-paragraph message, no traceback."""
-  print(f"error: {message}", file=sys.stderr, flush=True)
+  """Exits with status 1 and a one-line message, no traceback."""
+  line = " ".join(message.split())
+  print(f"error: {line}", file=sys.stderr, flush=True)
   sys.exit(1)
+
+
+def _split_dict_overrides(argv: list[str]
+                          ) -> tuple[list[str], list[tuple[str, str, str]]]:
+  """Takes ``--config.<dict field>.<key>=VALUE`` out of argv.
+
+  The dict fields (dataset_options, model_options, ...) are locked
+  ConfigDicts, so config_flags rejects keys they do not hold yet; these
+  overrides are applied after parsing instead, adding the key.
+  """
+  from ovsw_jax.training import config as config_lib  # pylint: disable=g-import-not-at-top
+  defaults = config_lib.default_config()
+  dict_fields = {k for k in defaults.keys()
+                 if isinstance(defaults[k], ml_collections.ConfigDict)}
+  rest, nested = [], []
+  for arg in argv:
+    name, eq, value = arg.partition("=")
+    parts = name[len("--config."):].split(".")
+    if (name.startswith("--config.") and eq and len(parts) == 2
+        and parts[0] in dict_fields):
+      nested.append((parts[0], parts[1], value))
+    else:
+      rest.append(arg)
+  return rest, nested
+
+
+def _literal(value: str):
+  try:
+    return ast.literal_eval(value)
+  except (ValueError, SyntaxError):
+    return value  # a bare string, e.g. a path
 
 
 def parse_flags(argv: list[str]) -> list[str]:
   """Parses flags; a bad ``--config.KEY`` override gives one clear line."""
   try:
-    return FLAGS(argv)
+    argv, nested = _split_dict_overrides(argv)
+    remaining = FLAGS(argv)
+    for field, key, value in nested:
+      if FLAGS.config is None:
+        break
+      with FLAGS.config.unlocked():
+        FLAGS.config[field][key] = _literal(value)
+    return remaining
   except flags.Error as e:
     print(f"error: {e}\nPass --helpfull to list the flags.", file=sys.stderr)
     sys.exit(2)
@@ -81,14 +123,19 @@ def main(argv):
   mesh.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                               FLAGS.process_id, auto=FLAGS.distributed_auto)
   try:
-    loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    result = loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except (data.DataNotFoundError, ValueError, FloatingPointError,
-          FileNotFoundError) as e:
+          FileNotFoundError, RuntimeError) as e:
     # Bad input, missing data, a diverged run: the message says what to do,
     # a traceback would bury it (--verbosity=1 shows it).
     if logging.get_verbosity() >= logging.DEBUG:
       raise
     _fail(str(e))
+  # One machine-readable line for scripts (and README's figure check).
+  keys = ("step", "eval_top1", "eval_top5", "eval_count", "wall_time_s")
+  print("RESULT " + json.dumps({k: float(result[k]) if k.startswith(
+      ("eval_top", "wall")) else result[k] for k in keys if k in result}),
+        flush=True)
 
 
 if __name__ == "__main__":
