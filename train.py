@@ -10,14 +10,12 @@ JAX_NUM_PROCESSES, JAX_PROCESS_ID environment variables), or
 --distributed_auto on a managed cluster (TPU pod, SLURM, ...).
 """
 
-import ast
 import json
 import sys
 
 from absl import app
 from absl import flags
 from absl import logging
-import ml_collections
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
@@ -41,48 +39,10 @@ def _fail(message: str) -> None:
   sys.exit(1)
 
 
-def _split_dict_overrides(argv: list[str]
-                          ) -> tuple[list[str], list[tuple[str, str, str]]]:
-  """Takes ``--config.<dict field>.<key>=VALUE`` out of argv.
-
-  The dict fields (dataset_options, model_options, ...) are locked
-  ConfigDicts, so config_flags rejects keys they do not hold yet; these
-  overrides are applied after parsing instead, adding the key.
-  """
-  from ovsw_jax.training import config as config_lib  # pylint: disable=g-import-not-at-top
-  defaults = config_lib.default_config()
-  dict_fields = {k for k in defaults.keys()
-                 if isinstance(defaults[k], ml_collections.ConfigDict)}
-  rest, nested = [], []
-  for arg in argv:
-    name, eq, value = arg.partition("=")
-    parts = name[len("--config."):].split(".")
-    if (name.startswith("--config.") and eq and len(parts) == 2
-        and parts[0] in dict_fields):
-      nested.append((parts[0], parts[1], value))
-    else:
-      rest.append(arg)
-  return rest, nested
-
-
-def _literal(value: str):
-  try:
-    return ast.literal_eval(value)
-  except (ValueError, SyntaxError):
-    return value  # a bare string, e.g. a path
-
-
 def parse_flags(argv: list[str]) -> list[str]:
   """Parses flags; a bad ``--config.KEY`` override gives one clear line."""
   try:
-    argv, nested = _split_dict_overrides(argv)
-    remaining = FLAGS(argv)
-    for field, key, value in nested:
-      if FLAGS.config is None:
-        break
-      with FLAGS.config.unlocked():
-        FLAGS.config[field][key] = _literal(value)
-    return remaining
+    return FLAGS(argv)
   except flags.Error as e:
     print(f"error: {e}\nPass --helpfull to list the flags.", file=sys.stderr)
     sys.exit(2)
