@@ -10,6 +10,7 @@ JAX_NUM_PROCESSES, JAX_PROCESS_ID environment variables), or
 --distributed_auto on a managed cluster (TPU pod, SLURM, ...).
 """
 
+import json
 import sys
 
 from absl import app
@@ -32,8 +33,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def _fail(message: str) -> None:
-  """Exits with status 1 and a one-paragraph message, no traceback."""
-  print(f"error: {message}", file=sys.stderr, flush=True)
+  """Exits with status 1 and a one-line message, no traceback."""
+  line = " ".join(message.split())
+  print(f"error: {line}", file=sys.stderr, flush=True)
   sys.exit(1)
 
 
@@ -81,14 +83,19 @@ def main(argv):
   mesh.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                               FLAGS.process_id, auto=FLAGS.distributed_auto)
   try:
-    loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    result = loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except (data.DataNotFoundError, ValueError, FloatingPointError,
-          FileNotFoundError) as e:
+          FileNotFoundError, RuntimeError) as e:
     # Bad input, missing data, a diverged run: the message says what to do,
     # a traceback would bury it (--verbosity=1 shows it).
     if logging.get_verbosity() >= logging.DEBUG:
       raise
     _fail(str(e))
+  # One machine-readable line for scripts (and README's figure check).
+  keys = ("step", "eval_top1", "eval_top5", "eval_count", "wall_time_s")
+  print("RESULT " + json.dumps({k: float(result[k]) if k.startswith(
+      ("eval_top", "wall")) else result[k] for k in keys if k in result}),
+        flush=True)
 
 
 if __name__ == "__main__":

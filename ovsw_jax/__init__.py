@@ -48,6 +48,8 @@ from ovsw_jax.recu import ReCUConv
 from ovsw_jax.transforms import adaptive_gradient_scaling
 from ovsw_jax.transforms import AdaptiveGradientScalingState
 from ovsw_jax.transforms import ags_diagnostics
+from ovsw_jax.transforms import has_ags_state
+from ovsw_jax.transforms import has_sad_state
 from ovsw_jax.transforms import ovsw
 from ovsw_jax.transforms import sad_diagnostics
 from ovsw_jax.transforms import silence_awareness_decay
@@ -78,7 +80,8 @@ __all__ = [
     # Masks, optax transforms, their states and diagnostics.
     "AdaptiveGradientScalingState", "BopState", "SilenceAwarenessDecayState",
     "adaptive_gradient_scaling", "ags_diagnostics", "binary_kernel_mask",
-    "binary_or_float", "ovsw", "sad_diagnostics", "silence_awareness_decay",
+    "binary_or_float", "has_ags_state", "has_sad_state", "ovsw",
+    "sad_diagnostics", "silence_awareness_decay",
     # A run's records.
     "read_metrics",
 ]

@@ -269,7 +269,7 @@ def ovsw(
     dampen_weight: float = 9e-4,
     track_momentum: float = 0.999,
     track_threshold: float = 1e-4,
-    mask: Optional[Mask] = None,
+    mask: Optional[Mask] = binary_kernel_mask,
     weight_decay_mask: Optional[Mask] = None,
 ) -> optax.GradientTransformation:
   """SGD with momentum, AGS and SAD: the optimizer of OvSW.
@@ -292,7 +292,9 @@ def ovsw(
     track_threshold: SAD's silence threshold.
     mask: where AGS and SAD apply, as in `optax.masked`: a tree of bools of the
       params' structure (or a prefix of it) or a callable building one from the
-      params, typically `binary_kernel_mask`; None applies them to every leaf.
+      params. Default: `binary_kernel_mask` (the binary convs' latent kernels
+      only, as in the paper; the float stem, head and BatchNorm are left
+      alone). Pass None, explicitly, to apply them to every leaf.
     weight_decay_mask: the same for weight decay; None decays every leaf (the
       CIFAR recipe). For ImageNet, skip 1-d params, e.g.
       ``lambda p: jax.tree.map(lambda x: x.ndim > 1, p)``.
@@ -329,6 +331,16 @@ def _find_states(opt_state: optax.OptState, state_type: type) -> list[Any]:
   ]
 
 
+def has_ags_state(opt_state: optax.OptState) -> bool:
+  """Whether an optimizer state holds an `adaptive_gradient_scaling` state."""
+  return bool(_find_states(opt_state, AdaptiveGradientScalingState))
+
+
+def has_sad_state(opt_state: optax.OptState) -> bool:
+  """Whether an optimizer state holds a `silence_awareness_decay` state."""
+  return bool(_find_states(opt_state, SilenceAwarenessDecayState))
+
+
 def ags_diagnostics(opt_state: optax.OptState) -> dict[str, jax.Array]:
   """Reads AGS's gradient-to-weight norm ratios (before scaling) from a state.
 
@@ -339,12 +351,19 @@ def ags_diagnostics(opt_state: optax.OptState) -> dict[str, jax.Array]:
 
   Returns:
     ``{'ags_ratio': mean over all channels, 'ags_ratio/<param path>': mean over
-    that leaf's channels, ...}`` from the last update; ``{}`` when there is no
-    AGS state. Pure, so it can run under `jax.jit`.
+    that leaf's channels, ...}`` from the last update. Pure, so it can run
+    under `jax.jit`.
+
+  Raises:
+    ValueError: the state holds no AGS state (check with `has_ags_state`).
   """
   states = _find_states(opt_state, AdaptiveGradientScalingState)
   if not states:
-    return {}
+    raise ValueError(
+        "ags_diagnostics: the optimizer state holds no "
+        "adaptive_gradient_scaling state; build the optimizer with "
+        "ovsw() or adaptive_gradient_scaling(), or check has_ags_state() "
+        "first.")
   out = {}
   for state in states:
     for path, r in jax.tree_util.tree_flatten_with_path(state.ratio)[0]:
@@ -369,12 +388,17 @@ def sad_diagnostics(opt_state: optax.OptState) -> dict[str, jax.Array]:
   Returns:
     ``{'silent_fraction': over all tracked weights, 'silent_fraction/<param
     path>': per leaf, ...}`` as of the last update (leaves masked out of SAD
-    are absent); ``{}`` when there is no SAD state. Pure, so it can run under
-    `jax.jit`.
+    are absent). Pure, so it can run under `jax.jit`.
+
+  Raises:
+    ValueError: the state holds no SAD state (check with `has_sad_state`).
   """
   states = _find_states(opt_state, SilenceAwarenessDecayState)
   if not states:
-    return {}
+    raise ValueError(
+        "sad_diagnostics: the optimizer state holds no "
+        "silence_awareness_decay state; build the optimizer with ovsw() "
+        "or silence_awareness_decay(), or check has_sad_state() first.")
   out = {}
   silent, size = jnp.zeros([], jnp.float32), 0
   for state in states:

@@ -347,8 +347,9 @@ def test_partition_binary_ags_sgd_and_float_adam():
   diags = jax.jit(ags_diagnostics)(state)
   assert set(diags) == {"ags_ratio", "ags_ratio/conv/latent_kernel"}
   np.testing.assert_allclose(diags["ags_ratio"], (0.01 + 1.0) / 2, rtol=1e-5)
-  assert sad_diagnostics(state) == {}
-  assert ags_diagnostics(optax.sgd(0.1).init(params)) == {}
+  assert not transforms.has_sad_state(state)
+  with pytest.raises(ValueError, match="no silence_awareness_decay state"):
+    sad_diagnostics(state)
 
 
 def test_ags_diagnostics_weights_several_states_by_channel_count():
@@ -433,3 +434,35 @@ def test_transforms_need_params(tx):
   w = jnp.ones(3)
   with pytest.raises(ValueError, match="not passing `params`"):
     tx.update(w, tx.init(w))
+
+
+def test_ovsw_default_mask_is_binary_kernels_and_none_means_all_leaves():
+  params = {"stem": {"kernel": jnp.ones((2, 3))},
+            "conv": {"latent_kernel": jnp.ones((2, 3))},
+            "bn": {"scale": jnp.ones(3)}}
+  grads = jax.tree.map(jnp.zeros_like, params)
+  # Zero grads: with SAD, a silent leaf decays by 9e-4 on top of 5e-4.
+  updates, state = ovsw(0.1).update(grads, ovsw(0.1).init(params), params)
+  np.testing.assert_allclose(updates["conv"]["latent_kernel"],
+                             -0.1 * (9e-4 + 5e-4), rtol=1e-6)
+  np.testing.assert_allclose(updates["stem"]["kernel"], -0.1 * 5e-4,
+                             rtol=1e-6)
+  np.testing.assert_allclose(updates["bn"]["scale"], -0.1 * 5e-4, rtol=1e-6)
+  assert set(sad_diagnostics(state)) == {
+      "silent_fraction", "silent_fraction/conv/latent_kernel"}
+  tx = ovsw(0.1, mask=None)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  np.testing.assert_allclose(updates["bn"]["scale"], -0.1 * (9e-4 + 5e-4),
+                             rtol=1e-6)
+
+
+def test_diagnostics_readers_raise_without_their_state():
+  params = {"conv": {"latent_kernel": jnp.ones((2, 3))}}
+  state = optax.sgd(0.1).init(params)
+  assert not transforms.has_ags_state(state)
+  assert not transforms.has_sad_state(state)
+  with pytest.raises(ValueError, match="no adaptive_gradient_scaling state"):
+    ags_diagnostics(state)
+  with pytest.raises(ValueError, match="no silence_awareness_decay state"):
+    sad_diagnostics(state)
+  assert transforms.has_sad_state(ovsw(0.1).init(params))

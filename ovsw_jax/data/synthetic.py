@@ -54,7 +54,7 @@ class SyntheticSource(PadCropFlipSource):
 
 def make_source(image_shape: Sequence[int] = (32, 32, 3),
                 num_classes: int = 10, num_train: int = 50_000,
-                num_eval: int = 10_000, data_seed: int = 0,
+                num_eval: int = 500, data_seed: int = 0,
                 augment: bool = True, pad: int | None = None,
                 flip: bool = True) -> SyntheticSource:
   """A synthetic dataset.
@@ -62,7 +62,8 @@ def make_source(image_shape: Sequence[int] = (32, 32, 3),
   Args:
     image_shape: (H, W, C) of each image.
     num_classes: number of labels.
-    num_train, num_eval: sizes of the two splits.
+    num_train, num_eval: sizes of the two splits (the eval split is small by
+      default, so that a final eval of a timing run stays short).
     data_seed: seeds the content (not the order, which `seed` of the
       iterators decides).
     augment: whether training examples are augmented.

@@ -1,5 +1,6 @@
 """``python -m ovsw_jax.deploy export|evaluate [flags]``: see `cli`."""
 
+import logging
 import sys
 
 COMMANDS = ("export", "evaluate")
@@ -11,13 +12,22 @@ def main(argv: list[str]) -> None:
     sys.exit(f"usage: python -m ovsw_jax.deploy {{{'|'.join(COMMANDS)}}} "
              f"[flags] (got {got}); e.g. python -m ovsw_jax.deploy export "
              "--workdir=/tmp/r20 --out=/tmp/r20.npz")
+  # Library logs (orbax's INFO lines) at WARNING unless --verbosity asks.
+  if not any(a.startswith(("--verbosity", "-v=")) for a in argv):
+    logging.getLogger().setLevel(logging.WARNING)
+    logging.getLogger("absl").setLevel(logging.WARNING)
   # Imported here so that a bad command fails fast, before JAX loads.
   from ovsw_jax.deploy import cli  # pylint: disable=g-import-not-at-top
   command, rest = argv[1], argv[2:]
-  if command == "export":
-    cli.export_command([f"{argv[0]} export", *rest])
-  else:
-    cli.evaluate_command(rest)
+  try:
+    if command == "export":
+      cli.export_command([f"{argv[0]} export", *rest])
+    else:
+      cli.evaluate_command(rest)
+  except (ValueError, FileNotFoundError, OSError, RuntimeError) as e:
+    # One line naming the problem and the fix; no traceback.
+    first = (str(e).splitlines() or [type(e).__name__])[0]
+    sys.exit(f"python -m ovsw_jax.deploy {command}: {first}")
 
 
 if __name__ == "__main__":

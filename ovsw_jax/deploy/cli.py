@@ -23,13 +23,15 @@ from typing import Any, Optional, Sequence, Union
 
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 
+from ovsw_jax import data
 from ovsw_jax import models
 from ovsw_jax.deploy import export as export_lib
 from ovsw_jax.deploy import format as format_lib
 from ovsw_jax.deploy import infer
 from ovsw_jax.training import config as config_lib
-from ovsw_jax.training import loop
+from ovsw_jax.training import checkpointing
 from ovsw_jax.training import methods
 from ovsw_jax.training import workdir as workdir_lib
 
@@ -44,6 +46,44 @@ def _which(checkpoint: str) -> Union[str, int]:
     raise ValueError(
         f"checkpoint={checkpoint!r}; use 'latest', 'best' or a step "
         "number") from None
+
+
+def _read_checkpoint(config: ml_collections.ConfigDict, workdir: str,
+                     checkpoint: str):
+  """(params, batch_stats, model_state, meta, step) of a checkpoint, read
+  without a target structure: neither the optimizer nor the dataset's files
+  are needed, only the checkpoint."""
+  checkpointing.quiet_orbax_logs()
+  manager = checkpointing.create_manager(
+      workdir_lib.checkpoint_dir(workdir), keep=config.keep_checkpoints,
+      read_only=True)
+  try:
+    step = workdir_lib.choose_step(manager, _which(checkpoint))
+    restored = manager.restore(step, args=ocp.args.Composite(**{
+        checkpointing.STATE: ocp.args.StandardRestore(),
+        checkpointing.META: ocp.args.JsonRestore()}))
+  finally:
+    manager.close()
+  items = restored[checkpointing.STATE]
+  return (items["params"], items.get("batch_stats"),
+          items.get("model_state"), dict(restored[checkpointing.META]), step)
+
+
+def _image_shape(config: ml_collections.ConfigDict,
+                 meta: dict[str, Any]) -> tuple[int, ...]:
+  """The run's input shape: recorded in the checkpoint, else the dataset's
+  (digits and the synthetic sets know theirs without files), else the
+  model's default."""
+  if "image_shape" in meta:
+    return tuple(int(d) for d in meta["image_shape"])
+  options = config_lib.as_dict(config.dataset_options)
+  if "image_shape" in options:
+    return tuple(options["image_shape"])
+  try:
+    return tuple(data.get_dataset_info(config.dataset, config.data_dir,
+                                       **options).image_shape)
+  except data.DataNotFoundError:
+    return tuple(models.INPUT_SHAPES[models.canonical_name(config.model)])
 
 
 def export_checkpoint(workdir: str, out: str, *, checkpoint: str = "latest",
@@ -68,15 +108,14 @@ def export_checkpoint(workdir: str, out: str, *, checkpoint: str = "latest",
   """
   if config is None:
     config = workdir_lib.read_config(workdir)
-  state, step = loop.load_checkpoint(config, workdir, _which(checkpoint))
-  num_classes = int(np.shape(state.params["fc"]["kernel"])[-1])
+  params, batch_stats, model_state, meta, step = _read_checkpoint(
+      config, workdir, checkpoint)
+  num_classes = int(np.shape(params["fc"]["kernel"])[-1])
   model = methods.create_model(config, num_classes)
-  variables = {"params": state.params,
-               "batch_stats": state.batch_stats or {}}
-  variables.update(state.model_state or {})
+  variables = {"params": params, "batch_stats": batch_stats or {}}
+  variables.update(model_state or {})
   options = config_lib.as_dict(config.model_options)
-  image_shape = tuple(config_lib.as_dict(config.dataset_options).get(
-      "image_shape", models.INPUT_SHAPES[models.canonical_name(config.model)]))
+  image_shape = _image_shape(config, meta)
   packed = export_lib.export_model(
       model, variables, model_name=config.model,
       model_options=export_lib.json_model_options(options),
@@ -93,8 +132,11 @@ def export_checkpoint(workdir: str, out: str, *, checkpoint: str = "latest",
 
 def _export_main(argv: Sequence[str]) -> None:
   from absl import flags  # pylint: disable=g-import-not-at-top
+  from absl import logging  # pylint: disable=g-import-not-at-top
   del argv
   f = flags.FLAGS
+  if not f["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # no orbax INFO lines
   config = f.config if f["config"].present else None
   result = export_checkpoint(f.workdir, f.out, checkpoint=f.checkpoint,
                              float_dtype=f.float_dtype, config=config)
@@ -139,11 +181,21 @@ def evaluate_command(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
       prog="python -m ovsw_jax.deploy evaluate",
       description="Evaluate a packed 1-bit model (XNOR-popcount inference).")
   parser.add_argument("--packed", required=True, help="file from export")
-  parser.add_argument("--dataset", default="cifar10")
+  parser.add_argument("--dataset", default="cifar10",
+                      help="cifar10, cifar100, imagenet, digits (bundled "
+                      "with scikit-learn: the quickstart's), synthetic")
   parser.add_argument("--data_dir", default=None)
   parser.add_argument("--batch_size", type=int, default=500)
   args = parser.parse_args(argv)
   packed = format_lib.load(args.packed)
+  expected = tuple(packed.image_shape)
+  got = tuple(data.get_dataset_info(args.dataset, args.data_dir).image_shape)
+  if got != expected:
+    shape = "x".join(map(str, expected))
+    raise ValueError(
+        f"this model expects {shape} inputs, but --dataset={args.dataset} "
+        f"has {'x'.join(map(str, got))} images; pass the dataset it was "
+        f"trained on (--dataset={packed.header.get('metadata', {}).get('dataset', '...')})")
   result = infer.evaluate(packed, args.dataset, args.data_dir,
                           args.batch_size)
   out = {"packed": args.packed, "model": packed.header["model"],

@@ -40,14 +40,18 @@ UNREADABLE_SUFFIX = ".unreadable"
 
 class _OrbaxLogFilter(std_logging.Filter):
   """Drops orbax's INFO chatter (a dozen lines per save) and its warning about
-  checkpoints saved without metrics (only those after an eval have any)."""
+  checkpoints saved without metrics (only those after an eval have any), and
+  the one that a read-only manager's directory is read only."""
 
   def filter(self, record: std_logging.LogRecord) -> bool:
     if f"{os.sep}orbax{os.sep}" not in record.pathname:
       return True
     if record.levelno < std_logging.WARNING:
       return False
-    return "did not provide metrics" not in record.getMessage()
+    message = record.getMessage()
+    # Read-only managers (evaluation, export) are meant to be read only.
+    return ("did not provide metrics" not in message and
+            "Given directory is read only" not in message)
 
 
 def quiet_orbax_logs() -> None:
@@ -140,6 +144,16 @@ def abstract_like(state: Any) -> Any:
   return jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
 
 
+def short_error(e: BaseException) -> str:
+  """``Type: first line`` of an error, without pybind/TensorStore reprs."""
+  text = (str(e).splitlines() or [""])[0]
+  for marker in (" <bound method", " <", "TensorStore({"):
+    cut = text.find(marker)
+    if cut > 0:
+      text = text[:cut].rstrip(" :,(")
+  return f"{type(e).__name__}: {text[:200]}"
+
+
 def _set_aside(manager: ocp.CheckpointManager, step: int) -> None:
   """Renames an unreadable step directory so orbax no longer lists it."""
   if jax.process_index() == 0:
@@ -199,18 +213,23 @@ def restore(manager: ocp.CheckpointManager,
       # Orbax/tensorstore raise many types for a damaged directory (ValueError,
       # FileNotFoundError, JSON and tensorstore errors): any failure to read
       # means "try the one before".
-      message = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
-      errors.append(f"step {candidate}: {message}")
+      message = short_error(e)
+      errors.append(f"step {candidate} ({message})")
       older = [s for s in steps if s < candidate]
       logging.warning(
-          "Checkpoint at step %d in %s is unreadable (%s); %s", candidate,
+          "Checkpoint at step %d in %s is unreadable (%s); %s%s", candidate,
           manager.directory, message,
+          f"renamed it to {candidate}{UNREADABLE_SUFFIX}; "
+          if set_aside_unreadable else "",
           f"restoring the previous one (step {older[0]})." if older else
           "no older checkpoint is left.")
       if set_aside_unreadable:
         _set_aside(manager, candidate)
       continue
     return restored[STATE], dict(restored[META]), candidate
+  aside = (f" (renamed to <step>{UNREADABLE_SUFFIX})"
+           if set_aside_unreadable else "")
   raise RuntimeError(
-      f"no readable checkpoint in {manager.directory}:\n  " +
-      "\n  ".join(errors))
+      f"no readable checkpoint in {manager.directory}: "
+      f"{'; '.join(errors)}{aside}. Restore them from a backup, or pass "
+      "--config.restart_from_scratch=True to start again at step 0.")

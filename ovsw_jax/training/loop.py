@@ -29,6 +29,7 @@ from ovsw_jax.training import guards
 from ovsw_jax.training import config as config_lib
 from ovsw_jax.training import mesh as mesh_lib
 from ovsw_jax.training import metrics_io
+from ovsw_jax.training import restart
 from ovsw_jax.training import schedules
 from ovsw_jax.training import state as state_lib
 from ovsw_jax.training import steps as steps_lib
@@ -153,7 +154,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       writer = metrics_io.MetricsWriter(workdir, enabled=is_chief)
       return _evaluate_only(config, experiment, manager, mesh, run_eval,
                             writer)
-    state, step = _initial_state(config, experiment, manager, mesh)
+    state, step = _initial_state(config, experiment, manager, mesh, workdir)
     if is_chief:
       workdir_lib.write_config(config, workdir)
     writer = metrics_io.MetricsWriter(workdir, enabled=is_chief,
@@ -181,13 +182,19 @@ def _evaluate_only(config, experiment, manager, mesh, run_eval, writer):
   return {"step": step, **result}
 
 
-def _initial_state(config, experiment, manager, mesh
+def _initial_state(config, experiment, manager, mesh, workdir
                    ) -> tuple[state_lib.TrainState, int]:
-  """The latest readable checkpoint's state, or a new one at step 0."""
+  """The latest readable checkpoint's state, or a new one at step 0.
+
+  Step 0 in a workdir holding an earlier run's record needs
+  ``config.restart_from_scratch`` (`restart.check_fresh_start`).
+  """
   abstract = _abstract_state(experiment, config, mesh)
   restored = checkpointing.restore(manager,
                                    state_lib.checkpoint_items(abstract))
   if restored is None:
+    restart.check_fresh_start(workdir, config.restart_from_scratch,
+                              jax.process_index() == 0)
     state = state_lib.create_train_state(
         experiment.model, experiment.tx, experiment.info.image_shape,
         config.seed, mesh, experiment.model_state_fn)
@@ -358,7 +365,9 @@ class _Run:
         meta={"step": step, "data_step": step,
               "epoch": step / self.experiment.steps_per_epoch,
               "method": config.method, "model": config.model,
-              "dataset": config.dataset},
+              "dataset": config.dataset,
+              # So that an export needs no dataset files to know it.
+              "image_shape": list(self.experiment.info.image_shape)},
         metrics=({"eval_top1": self.last_eval["eval_top1"]}
                  if evaluated else None))
     self.window.pause += time.time() - t

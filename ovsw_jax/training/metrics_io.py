@@ -49,6 +49,15 @@ def _chunks(workdir: epath.Path) -> list[tuple[int, epath.Path]]:
   return sorted(found)
 
 
+def metric_files(workdir: str | epath.PathLike) -> list[epath.Path]:
+  """The files holding a workdir's records: the legacy metrics.jsonl (when
+  not empty) and the chunk files, in order."""
+  workdir = epath.Path(workdir)
+  legacy = workdir / LEGACY_METRICS_FILE
+  files = [legacy] if legacy.exists() and legacy.stat().length > 0 else []
+  return files + [path for _, path in _chunks(workdir)]
+
+
 def _parse_lines(text: str, tolerate_last: bool) -> list[dict[str, Any]]:
   lines = [line for line in text.splitlines() if line.strip()]
   records = []

@@ -94,11 +94,12 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array],
       **{k: jnp.asarray(v, jnp.float32) for k, v in model_metrics.items()},
   }
   # Only the scalar summaries; per-layer values are read at log time.
-  for fn, key in ((transforms.ags_diagnostics, "ags_ratio"),
-                  (transforms.sad_diagnostics, "silent_fraction")):
-    values = fn(new_state.opt_state)
-    if key in values:
-      metrics[key] = values[key]
+  for has, fn, key in (
+      (transforms.has_ags_state, transforms.ags_diagnostics, "ags_ratio"),
+      (transforms.has_sad_state, transforms.sad_diagnostics,
+       "silent_fraction")):
+    if has(new_state.opt_state):
+      metrics[key] = fn(new_state.opt_state)[key]
   return new_state, metrics
 
 
@@ -217,6 +218,9 @@ def layer_diagnostics(opt_state) -> dict[str, jax.Array]:
   The overall values are left out: the log records the mean of the per-step
   values over the log window instead.
   """
-  values = {**transforms.ags_diagnostics(opt_state),
-            **transforms.sad_diagnostics(opt_state)}
+  values = {}
+  if transforms.has_ags_state(opt_state):
+    values.update(transforms.ags_diagnostics(opt_state))
+  if transforms.has_sad_state(opt_state):
+    values.update(transforms.sad_diagnostics(opt_state))
   return {k: v for k, v in values.items() if "/" in k}
