@@ -142,7 +142,7 @@ def _run_fields(config: ml_collections.ConfigDict) -> None:
   config.checkpoint_every_steps = -1
   config.keep_checkpoints = 3     # latest kept, plus the best by eval top-1
   config.async_checkpointing = True
-  # Start at step 0 in a workdir that holds a run's record (metrics.jsonl or
+  # Start at step 0 in a workdir that holds a run's record (metric files or
   # set-aside unreadable checkpoints); the old metrics are moved aside.
   config.restart_from_scratch = False
   config.eval_every_epochs = 1    # 0: only at the end
