@@ -50,7 +50,6 @@ from benchmarks.lib import results
 from configs import cifar10_resnet20
 from ovsw_jax import data
 from ovsw_jax import diagnostics
-from ovsw_jax import transforms
 from ovsw_jax.training import checkpointing
 from ovsw_jax.training import config as config_lib
 from ovsw_jax.training import experiment as experiment_lib
@@ -123,8 +122,7 @@ def _jitted(experiment, mesh, config) -> dict[str, Any]:
       "eval": steps_lib.jit_eval_step(mesh, config.cpu_fast_path),
       "update_record": jax.jit(diagnostics.update_flip_record),
       "never": jax.jit(diagnostics.never_flipped_fraction),
-      "diag": jax.jit(lambda s: {**transforms.sad_diagnostics(s),
-                                 **transforms.ags_diagnostics(s)}),
+      "diag": jax.jit(steps_lib.optimizer_diagnostics),
   }
 
 

@@ -212,15 +212,23 @@ def evaluate(eval_fn: Callable[..., Any], state: TrainState,
           "eval_count": int(round(count))}
 
 
+def optimizer_diagnostics(opt_state) -> dict[str, jax.Array]:
+  """AGS's and SAD's diagnostics, of whichever of the two the state holds
+  (`transforms.ags_diagnostics`, `transforms.sad_diagnostics`); {} for a
+  method with neither."""
+  values = {}
+  if transforms.has_ags_state(opt_state):
+    values.update(transforms.ags_diagnostics(opt_state))
+  if transforms.has_sad_state(opt_state):
+    values.update(transforms.sad_diagnostics(opt_state))
+  return values
+
+
 def layer_diagnostics(opt_state) -> dict[str, jax.Array]:
   """Per-layer AGS ratios and silent fractions as of the last step.
 
   The overall values are left out: the log records the mean of the per-step
   values over the log window instead.
   """
-  values = {}
-  if transforms.has_ags_state(opt_state):
-    values.update(transforms.ags_diagnostics(opt_state))
-  if transforms.has_sad_state(opt_state):
-    values.update(transforms.sad_diagnostics(opt_state))
-  return {k: v for k, v in values.items() if "/" in k}
+  return {k: v for k, v in optimizer_diagnostics(opt_state).items()
+          if "/" in k}
