@@ -21,7 +21,7 @@ RANKS = {
     "layers": 1, "masks": 1,
     "recu": 2, "irnet": 2, "rbnn": 2, "adabin": 2, "react": 2,
     "models": 3,
-    "transforms": 4, "diagnostics": 4, "bop": 4,
+    "transforms": 4, "transform_states": 4, "diagnostics": 4, "bop": 4,
     "convert": 5, "data": 5, "summary": 5,
     "training": 6,
     "deploy": 7,

@@ -37,6 +37,7 @@ from ovsw_jax.training import workdir as workdir_lib
 from ovsw_jax.training.experiment import create_experiment
 from ovsw_jax.training.experiment import Experiment
 from ovsw_jax.training.experiment import validate_config
+from ovsw_jax.training.log_window import LogWindow
 from ovsw_jax.training.progress import EpochProgress
 
 
@@ -205,32 +206,6 @@ def _initial_state(config, experiment, manager, mesh, workdir
   return abstract.replace(**items), step
 
 
-class _Window:
-  """Per-step device metrics and timing since the last log record.
-
-  The metrics stay on the device until the log step, then come back in one
-  transfer; evaluation and checkpointing time (``pause``) is excluded from
-  images/s.
-  """
-
-  def __init__(self):
-    self.steps: list[int] = []
-    self.metrics: list[dict[str, jax.Array]] = []
-    self.extra: dict[str, jax.Array] = {}
-    self.start, self.images, self.pause = time.time(), 0, 0.0
-
-  def fetch(self) -> tuple[list[int], dict[str, np.ndarray], dict[str, Any],
-                           float, int]:
-    """(steps, stacked metrics, extra values, seconds, images); resets."""
-    metrics, extra = jax.device_get((self.metrics, self.extra))
-    stacked = {k: np.stack([m[k] for m in metrics]) for k in metrics[0]
-               } if metrics else {}
-    result = (self.steps, stacked, extra,
-              time.time() - self.start - self.pause, self.images)
-    self.__init__()
-    return result
-
-
 class _Run:
   """One training run's loop over steps ``state.step + 1 .. total_steps``."""
 
@@ -248,7 +223,7 @@ class _Run:
     self._diag_fn = jax.jit(steps_lib.layer_diagnostics)
     self._finite_fn = jax.jit(lambda s: guards.all_finite((s.params,
                                                            s.batch_stats)))
-    self.window = _Window()
+    self.window = LogWindow()
     self.last_record: dict[str, Any] = {}
     self.last_eval: dict[str, Any] = {}
     self.run_images, self.run_time = 0, 0.0
