@@ -20,6 +20,7 @@ import pytest
 from conftest import REPO
 from ovsw_jax import data
 from ovsw_jax import models
+from ovsw_jax import irnet
 from ovsw_jax import recu
 from ovsw_jax.deploy import bitpack
 from ovsw_jax.deploy import cli
@@ -198,10 +199,11 @@ def _get(tree, path):
   return tree
 
 
-def test_recu_and_learnable_scale_models_export_exactly(tmp_path):
+def test_recu_irnet_and_learnable_scale_models_export_exactly(tmp_path):
   images = jnp.asarray(np.random.default_rng(3).standard_normal(
       (4, 16, 16, 3)).astype(np.float32))
-  for options in ({"conv": recu.ReCUConv}, {"learnable_scale": True}):
+  for options in ({"conv": recu.ReCUConv}, {"conv": irnet.IRNetConv},
+                  {"learnable_scale": True}):
     options = {**options, "stage_sizes": [1, 1, 1]}
     model = models.get_model("cresnet20_1w1a", 10, **options)
     variables = random_variables(model, (16, 16, 3), seed=4)

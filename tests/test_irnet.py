@@ -150,26 +150,3 @@ def test_irnet_ovsw_trains_and_resumes_bitwise(tmp_path):
       state_lib.checkpoint_items(s)))[0] for s in (a, b)]
   for (path, x), (_, y) in zip(*leaves):
     np.testing.assert_array_equal(x, y, err_msg=str(path))
-
-
-def test_irnet_model_exports_exactly(tmp_path):
-  """The packed file reproduces an IR-Net cResNet20's eval logits: its signs
-  and power-of-two scales come through the eval_signs_and_scale hook."""
-  from ovsw_jax import models
-  from ovsw_jax.deploy import export, infer
-  from ovsw_jax.deploy import format as packed_format
-  from tests.test_deploy import eval_logits, random_variables, rel_err
-  images = jnp.asarray(np.random.default_rng(3).standard_normal(
-      (4, 16, 16, 3)).astype(np.float32))
-  options = {"conv": irnet.IRNetConv, "stage_sizes": [1, 1, 1]}
-  model = models.get_model("cresnet20_1w1a", 10, **options)
-  variables = random_variables(model, (16, 16, 3), seed=4)
-  ref = eval_logits(model, variables, images)
-  pm = export.export_model(
-      model, variables, model_name="cresnet20_1w1a",
-      model_options=export.json_model_options(options),
-      image_shape=(16, 16, 3))
-  packed_format.save(pm, tmp_path / "m.npz")
-  got = np.asarray(infer.make_predict_fn(
-      packed_format.load(tmp_path / "m.npz"))(images))
-  assert np.all(rel_err(got, ref) <= 1e-5), rel_err(got, ref)

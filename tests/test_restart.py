@@ -1,6 +1,5 @@
 """No silent restart from step 0 over a run's record (training/restart.py)."""
 
-import glob
 import os
 
 import pytest
@@ -8,18 +7,8 @@ import pytest
 from ovsw_jax.training import checkpointing
 from ovsw_jax.training import loop
 from ovsw_jax.training import restart
+from tests.test_train import damage_checkpoints
 from tests.test_train import tiny_config
-
-
-def _damage_all_checkpoints(workdir):
-  files = [p for p in glob.glob(os.path.join(workdir, "checkpoints", "*",
-                                             "state", "**", "*"),
-                                recursive=True)
-           if os.path.isfile(p) and f"{os.sep}d{os.sep}" in p]
-  assert files
-  for p in files:
-    with open(p, "r+b") as f:
-      f.truncate(3)
 
 
 def _records_text(folder):
@@ -52,7 +41,7 @@ def test_all_unreadable_workdir_refuses_restart_and_loses_no_file(tmp_path):
   metrics = os.path.join(workdir, "metrics")
   record = _records_text(metrics)
   assert record
-  _damage_all_checkpoints(workdir)
+  damage_checkpoints(workdir)
 
   # First rerun: the checkpoint is set aside, with one line saying so.
   with pytest.raises(RuntimeError) as first:

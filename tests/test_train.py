@@ -345,6 +345,18 @@ def test_four_devices_match_one_device(compile_cache):
   assert "batch_size=6" in error and "(4)" in error and "multiple of 4" in error
 
 
+def damage_checkpoints(workdir, step="*"):
+  """Truncates the array data files of ``step``'s checkpoint (all: '*')."""
+  files = [p for p in glob.glob(os.path.join(workdir, "checkpoints", step,
+                                             "state", "**", "*"),
+                                recursive=True)
+           if os.path.isfile(p) and f"{os.sep}d{os.sep}" in p]
+  assert files
+  for p in files:
+    with open(p, "r+b") as f:
+      f.truncate(3)
+
+
 def _free_port():
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
@@ -471,14 +483,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, caplog):
   loop.train_and_evaluate(config, workdir)
   assert _committed_steps(workdir) == [2, 4]
   original, _ = loop.load_checkpoint(config, workdir)
-  files = [p for p in glob.glob(os.path.join(workdir, "checkpoints", "4",
-                                             "state", "**", "*"),
-                                recursive=True)
-           if os.path.isfile(p) and f"{os.sep}d{os.sep}" in p]
-  assert files
-  for p in files:
-    with open(p, "r+b") as f:
-      f.truncate(3)
+  damage_checkpoints(workdir, "4")
 
   with caplog.at_level("WARNING"):
     result = loop.train_and_evaluate(config, workdir)
