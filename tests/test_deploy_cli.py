@@ -5,6 +5,9 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+from ovsw_jax.deploy import cli
 from ovsw_jax.training import loop
 from ovsw_jax.training import workdir as workdir_lib
 from tests.test_train import tiny_config
@@ -43,20 +46,22 @@ def test_digits_run_exports_without_data_and_evaluates(tmp_path):
   assert evaluated["count"] == result["eval_count"]
   assert abs(evaluated["top1"] - result["eval_top1"]) < 1e-9
 
-  # A wrong dataset, a workdir without checkpoint, a missing workdir: one
-  # line each, and a non-zero exit.
+  # A missing workdir through the command line: one line, a non-zero exit.
+  proc = _deploy("export", f"--workdir={tmp_path / 'nope'}", f"--out={out}")
+  assert proc.returncode != 0
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and "does not exist" in lines[0], proc.stderr[-2000:]
+
+  # A wrong dataset and a workdir without checkpoint, in this process: the
+  # same one-line errors that __main__ turns into that exit.
+  with pytest.raises(ValueError,
+                     match="this model expects 16x16x1 inputs") as wrong:
+    cli.evaluate_command([f"--packed={out}", "--dataset=synthetic"])
+  assert "\n" not in str(wrong.value)
   empty = tmp_path / "empty"
   (empty / "checkpoints").mkdir(parents=True)
   with open(empty / workdir_lib.CONFIG_FILE, "w") as f:
     json.dump(saved, f)
-  for args, message in [
-      (("evaluate", f"--packed={out}", "--dataset=synthetic"),
-       "this model expects 16x16x1 inputs"),
-      (("export", f"--workdir={empty}", f"--out={out}"), "no checkpoint in"),
-      (("export", f"--workdir={tmp_path / 'nope'}", f"--out={out}"),
-       "does not exist"),
-  ]:
-    proc = _deploy(*args)
-    assert proc.returncode != 0
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0], proc.stderr[-2000:]
+  with pytest.raises(FileNotFoundError, match="no checkpoint in") as none:
+    cli.export_checkpoint(str(empty), out)
+  assert "\n" not in str(none.value)
