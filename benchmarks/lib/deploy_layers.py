@@ -88,17 +88,21 @@ def binary_conv_row(call, arrays, reps: int, peak: float) -> dict[str, Any]:
   entry, a = call["entry"], arrays["layers"][call["name"]]
   pad = [tuple(p) for p in entry["padding"]]
 
-  def conv(x):
-    y = bitpack.xnor_conv(bitpack.pack_signs(x), a["w"], a["tap_sums"],
+  # The weights are arguments, not constants baked into the program: layers
+  # of one shape then compile to the same executable (and reuse it from a
+  # persistent compilation cache).
+  def conv(x, w, tap_sums, mul):
+    y = bitpack.xnor_conv(bitpack.pack_signs(x), w, tap_sums,
                           entry["in_features"], entry["kernel_size"],
                           entry["strides"], pad)
-    return y.astype(x.dtype) * a["mul"]
+    return y.astype(x.dtype) * mul
 
   x = jnp.asarray(np.random.default_rng(1).standard_normal(call["shape"]),
                   jnp.float32)
+  weights = (a["w"], a["tap_sums"], a["mul"])
   fn = jax.jit(conv)
-  s = median_s(lambda: fn(x), reps)
-  _, ho, wo, c_out = jax.eval_shape(conv, x).shape
+  s = median_s(lambda: fn(x, *weights), reps)
+  _, ho, wo, c_out = jax.eval_shape(conv, x, *weights).shape
   kh, kw = entry["kernel_size"]
   ops = ho * wo * c_out * kh * kw * entry["in_features"]
   return {"name": call["name"], "kind": "binary_conv",
