@@ -43,6 +43,7 @@ setup(
     extras_require={
         "test": [
             "pytest>=8.0",
+            "pytest-xdist>=3.5",  # pytest.ini runs two workers
             "nbclient>=0.10",
             "nbformat>=5.9",
             "ipykernel>=6.25",

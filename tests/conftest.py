@@ -44,3 +44,76 @@ def cifar10_run(tmp_path_factory):
       "flip_stats_every_steps": 0, "progress_bar": False})
   result = loop.train_and_evaluate(config, workdir)
   return config, workdir, result
+
+
+@pytest.fixture(scope="session", autouse=True)
+def persistent_compile_cache(tmp_path_factory):
+  """One persistent compilation cache for the test session.
+
+  Many tests build the same tiny model's train step again (a resumed run, a
+  rerun after a refusal, a subprocess of train.py); each build recompiles
+  from scratch (seconds to tens of seconds on 2 cores) unless XLA's
+  executable comes from this cache. Subprocesses inherit it through the
+  environment. Results do not depend on it: a cached executable is the one
+  the same program compiled to.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax.experimental.compilation_cache import compilation_cache  # pylint: disable=g-import-not-at-top
+  base = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    base = base.parent  # shared by the xdist workers of this session
+  folder = os.environ.get("OVSW_TEST_COMPILE_CACHE") or str(
+      base / "jax_compile_cache")
+  settings = {"jax_compilation_cache_dir": folder,
+              "jax_persistent_cache_min_compile_time_secs": 0.0,
+              "jax_persistent_cache_min_entry_size_bytes": 0}
+  saved = {k: getattr(jax.config, k) for k in settings}
+  env_saved = {k: os.environ.get(k) for k in _CACHE_ENV}
+  compilation_cache.reset_cache()
+  for k, v in settings.items():
+    jax.config.update(k, v)
+  os.environ.update({"JAX_COMPILATION_CACHE_DIR": folder,
+                     "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+                     "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"})
+  yield folder
+  for k, v in saved.items():
+    jax.config.update(k, v)
+  for k, v in env_saved.items():
+    if v is None:
+      os.environ.pop(k, None)
+    else:
+      os.environ[k] = v
+  compilation_cache.reset_cache()
+
+
+_CACHE_ENV = ("JAX_COMPILATION_CACHE_DIR",
+              "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
+              "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES")
+
+# Fixtures too costly to build once per pytest-xdist worker: every test using
+# one runs on the same worker (pytest.ini: --dist loadgroup).
+_SHARED_SESSION_FIXTURES = ("cifar10_run",)
+
+
+# Before xdist's own hook, which reads the marks into the test ids.
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+  """Keeps the users of an expensive fixture on one xdist worker.
+
+  Tests of a module with a module-scoped fixture form one group (the fixture
+  then runs once, not once per worker), as do the users of each fixture in
+  `_SHARED_SESSION_FIXTURES`.
+  """
+  for item in items:
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+      continue
+    group = None
+    for name, defs in info.name2fixturedefs.items():
+      if name in _SHARED_SESSION_FIXTURES:
+        group = name
+        break
+      if defs and defs[-1].scope == "module":
+        group = item.module.__name__
+    if group is not None:
+      item.add_marker(pytest.mark.xdist_group(group))
