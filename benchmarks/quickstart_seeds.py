@@ -42,7 +42,6 @@ def run_quickstart(seed: int, workdir: str) -> dict:
 
 def quickstart_config() -> dict[str, Any]:
   """configs/quickstart.py's config as JSON (what config.json records)."""
-  sys.path.insert(0, REPO)  # configs/ is a package of the checkout
   from configs import quickstart  # pylint: disable=g-import-not-at-top
   return json.loads(quickstart.get_config().to_json_best_effort(
       sort_keys=True))
