@@ -81,7 +81,7 @@ def main(argv=None) -> None:
   top1 = [r["eval_top1"] for r in runs]
   result = {
       "command": "python -m benchmarks.quickstart_seeds --seeds="
-                 f"{args.seeds}",
+                 f"{args.seeds} --out={args.out}",
       "machine": machine.machine_info(),
       "note": "shared machine: other jobs were running, so wall times are "
               "upper bounds",
