@@ -16,6 +16,7 @@ import sys
 from absl import app
 from absl import flags
 from absl import logging
+import ml_collections
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
@@ -28,45 +29,62 @@ flags.DEFINE_bool("distributed_auto", False,
                   "Let jax.distributed detect the cluster (TPU pod, SLURM).")
 config_flags.DEFINE_config_file(
     "config", None, "Training configuration file (configs/*.py).",
-    lock_config=True)
+    # New keys are accepted so that --config.dataset_options.KEY=VALUE can add
+    # KEY to a dict field (empty by default); `parse_flags` then rejects any
+    # unknown top-level key, and the dataset or model rejects a nested key it
+    # does not take, naming the valid ones. (This needs an unlocked config.)
+    lock_config=False, accept_new_attributes=True)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def _fail(message: str) -> None:
-  """Exits with status 1 and a one-line message, no traceback."""
+def _fail(message: str, status: int = 1) -> None:
+  """Exits with ``status`` and a one-line message, no traceback."""
   line = " ".join(message.split())
   print(f"error: {line}", file=sys.stderr, flush=True)
-  sys.exit(1)
+  sys.exit(status)
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-  """Parses flags; a bad ``--config.KEY`` override gives one clear line."""
+  """Parses flags; a bad ``--config.KEY`` override gives one clear line.
+
+  ``--config.dataset_options.KEY=VALUE`` (or model_options) sets KEY of that
+  dict, VALUE read as a Python literal (``64``, ``False``, ``(1, 1, 1)``).
+  Flag errors exit with status 2.
+  """
   try:
-    return FLAGS(argv)
+    rest = FLAGS(argv)
   except flags.Error as e:
     print(f"error: {e}\nPass --helpfull to list the flags.", file=sys.stderr)
     sys.exit(2)
   except (AttributeError, KeyError, ValueError, TypeError) as e:
     # config_flags applies --config.KEY=VALUE overrides while parsing and
-    # raises a bare AttributeError/KeyError for an unknown KEY.
-    from ovsw_jax.training import config as config_lib  # pylint: disable=g-import-not-at-top
-    valid = sorted(config_lib.CONFIG_KEYS)
-    keys = [a.split("=", 1)[0][len("--config."):] for a in argv
-            if a.startswith("--config.")]
-    unknown = [k for k in keys if k.split(".", 1)[0] not in valid]
-    nested = [k for k in keys if "." in k and k not in unknown]
-    if unknown:
-      print(f"error: unknown config key {unknown[0]!r}; valid keys: "
-            f"{', '.join(valid)}", file=sys.stderr)
-    elif nested and isinstance(e, (AttributeError, KeyError)):
-      top, key = nested[0].split(".", 1)
-      print(f"error: config.{top} has no key {key!r}; to add keys, set the "
-            f"whole dict, e.g. --config.{top}=\"{{'{key}': VALUE}}\"",
-            file=sys.stderr)
-    else:
-      print(f"error: bad --config value: {type(e).__name__}: {e}",
-            file=sys.stderr)
-    sys.exit(2)
+    # raises a bare AttributeError/KeyError/TypeError for a bad KEY.
+    _fail(_override_error(argv, e), status=2)
+  # Imported after parsing: --help stays fast.
+  from ovsw_jax.training import config as config_lib  # pylint: disable=g-import-not-at-top
+  try:
+    config_lib.validate_config(FLAGS.config)  # names an unknown key
+  except ValueError as e:
+    _fail(str(e), status=2)
+  return rest
+
+
+def _override_error(argv: list[str], error: Exception) -> str:
+  """The line for a ``--config.A.B`` override that could not be applied."""
+  from ovsw_jax.training import config as config_lib  # pylint: disable=g-import-not-at-top
+  defaults = config_lib.default_config()
+  keys = [a.split("=", 1)[0][len("--config."):] for a in argv
+          if a.startswith("--config.")]
+  for key in keys:
+    top, _, rest = key.partition(".")
+    if top not in config_lib.CONFIG_KEYS:
+      return (f"unknown config key {top!r}; valid keys: "
+              f"{', '.join(sorted(config_lib.CONFIG_KEYS))}")
+    if rest and not isinstance(defaults[top],
+                               (dict, ml_collections.ConfigDict)):
+      return (f"--config.{key}: config.{top} is a single value, not a dict; "
+              f"set it with --config.{top}=VALUE")
+  return f"bad --config override: {type(error).__name__}: {error}"
 
 
 def main(argv):
@@ -79,7 +97,10 @@ def main(argv):
   from ovsw_jax.training import loop  # pylint: disable=g-import-not-at-top
   from ovsw_jax.training import mesh  # pylint: disable=g-import-not-at-top
 
-  checkpointing.quiet_orbax_logs()
+  if not FLAGS["verbosity"].present:
+    # The trainer's own INFO lines, but only orbax's warnings: a dozen INFO
+    # lines per checkpoint would bury them (--verbosity=0 shows them all).
+    checkpointing.quiet_orbax_logs()
   mesh.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                               FLAGS.process_id, auto=FLAGS.distributed_auto)
   try:

@@ -5,20 +5,23 @@
 
 Runs ``train.py --config=configs/quickstart.py`` once per seed (each in its
 own fresh workdir), reads the ``RESULT {...}`` line train.py prints, and
-writes the per-seed eval top-1 and wall time with the machine's description.
+writes the per-seed eval top-1 and wall time with the machine's description
+and the quickstart config the runs used (`quickstart_config`).
 `tests/test_quickstart_figure.py` checks README's quickstart figure against
-this file's range.
+this file's range, and that configs/quickstart.py still equals the recorded
+config (a changed quickstart needs this sweep rerun).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
+from typing import Any
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -37,22 +40,27 @@ def run_quickstart(seed: int, workdir: str) -> dict:
   return json.loads(line[len("RESULT "):])
 
 
-def machine() -> dict:
-  """CPU model, AVX flags and core count (`lscpu`)."""
-  info = {"platform": platform.platform(), "nproc": os.cpu_count()}
-  try:
-    text = subprocess.run(["lscpu"], capture_output=True, text=True,
-                          check=True).stdout
-  except (OSError, subprocess.CalledProcessError):
-    return info
-  for line in text.splitlines():
-    if line.startswith("Model name:"):
-      info["cpu"] = line.split(":", 1)[1].strip()
-    if line.startswith("Flags:"):
-      flags = line.split()
-      info["avx2"] = "avx2" in flags
-      info["avx512f"] = "avx512f" in flags
-  return info
+def quickstart_config() -> dict[str, Any]:
+  """configs/quickstart.py's config as JSON (what config.json records)."""
+  from configs import quickstart  # pylint: disable=g-import-not-at-top
+  return json.loads(quickstart.get_config().to_json_best_effort(
+      sort_keys=True))
+
+
+def config_sha256(config: dict[str, Any]) -> str:
+  """A short fingerprint of a config's JSON (sorted keys)."""
+  text = json.dumps(config, sort_keys=True)
+  return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def git_commit() -> str:
+  """The checkout's HEAD, with '+dirty' if tracked files differ from it."""
+  def git(*args):
+    return subprocess.run(["git", *args], capture_output=True, text=True,
+                          check=False, cwd=REPO).stdout.strip()
+  return git("rev-parse", "HEAD") + (
+      "+dirty" if git("status", "--porcelain", "--untracked-files=no")
+      else "")
 
 
 def main(argv=None) -> None:
@@ -61,6 +69,10 @@ def main(argv=None) -> None:
   parser.add_argument("--out",
                       default="benchmarks/results/quickstart_seeds.json")
   args = parser.parse_args(argv)
+  from benchmarks.lib import machine  # pylint: disable=g-import-not-at-top
+  config = quickstart_config()
+  commit = git_commit()
+  load_start = os.getloadavg()
   runs = []
   for seed in (int(s) for s in args.seeds.split(",")):
     with tempfile.TemporaryDirectory() as workdir:
@@ -69,11 +81,16 @@ def main(argv=None) -> None:
   top1 = [r["eval_top1"] for r in runs]
   result = {
       "command": "python -m benchmarks.quickstart_seeds --seeds="
-                 f"{args.seeds}",
-      "machine": machine(),
+                 f"{args.seeds} --out={args.out}",
+      "machine": machine.machine_info(),
       "note": "shared machine: other jobs were running, so wall times are "
               "upper bounds",
+      "load_average_1_5_15min": {"start": load_start,
+                                 "end": os.getloadavg()},
+      "git_commit": commit,
+      "config_sha256": config_sha256(config), "config": config,
       "runs": runs, "eval_top1_min": min(top1), "eval_top1_max": max(top1),
+      "eval_top1_mean": sum(top1) / len(top1),
   }
   with open(args.out, "w") as f:
     json.dump(result, f, indent=1)

@@ -6,8 +6,9 @@ ovsw_jax/training/config.py (`default_config`), the one place the valid keys
 are defined. Override any field on the command line::
 
   python train.py --config=configs/cifar10_resnet20.py --workdir=/tmp/r20 \\
-      --config.batch_size=128 \\
-      --config.dataset_options="{'image_shape': (16, 16, 3), 'num_train': 512}"
+      --config.batch_size=128 --config.dataset=synthetic \\
+      --config.dataset_options="{'image_shape': (16, 16, 3), 'num_train': 512}" \\
+      --config.dataset_options.num_eval=100
 
 Unknown keys are rejected, with the list of valid ones.
 """

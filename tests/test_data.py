@@ -456,6 +456,21 @@ def test_digits_sizes_values_and_augmentation():
   assert abs(x.mean()) < 1e-5 and abs(x.std() - 1) < 1e-5
 
 
+def test_digits_num_eval_takes_the_first_eval_images():
+  labels = digits.load()[1]
+  info = data.get_dataset_info('digits', num_eval=64)
+  assert (info.num_train, info.num_eval) == (1500, 64)
+  assert info.mean == data.get_dataset_info('digits').mean  # train stats
+  batches = list(data.create_eval_iterator('digits', None, 50, num_eval=64,
+                                           **ONE_HOST))
+  assert len(batches) == 2 and sum(b['mask'].sum() for b in batches) == 64
+  got = np.concatenate([b['label'][b['mask']] for b in batches])
+  np.testing.assert_array_equal(got, labels[1500:1564])
+  for bad in (0, 298, 2.5):
+    with pytest.raises(ValueError, match=rf'num_eval={bad}.*\[1, 297\]'):
+      data.get_dataset_info('digits', num_eval=bad)
+
+
 def test_synthetic_statistics_and_learnable_labels():
   info = data.get_dataset_info('synthetic', **SYN)
   assert info.image_shape == (8, 8, 3) and info.num_classes == 4

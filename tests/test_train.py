@@ -104,6 +104,19 @@ def train_cmd(workdir, overrides, extra=()):
           f"--workdir={workdir}", *config_flags_for(overrides), *extra]
 
 
+def info_from_libraries(stderr: str) -> set[str]:
+  """Source files of absl INFO lines not from ovsw_jax or train.py.
+
+  train.py logs its own progress at INFO; libraries (orbax: a dozen lines
+  per checkpoint) only log warnings unless --verbosity is given.
+  """
+  ours = {os.path.basename(p) for p in glob.glob(
+      os.path.join(REPO, "ovsw_jax", "**", "*.py"), recursive=True)}
+  ours = (ours - {"__init__.py"}) | {"train.py"}
+  files = re.findall(r"^I\d{4} \S+ +\d+ (\S+?):\d+\]", stderr, re.M)
+  return set(files) - ours
+
+
 def run_python(code, env, timeout=300):
   """Runs a Python snippet; returns the JSON it prints on its last line."""
   proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)],
@@ -456,6 +469,7 @@ def test_sigkill_and_restart_ends_bitwise_equal(tmp_path, compile_cache):
   match = re.search(r"Resuming from the checkpoint at step (\d+)",
                     resumed.stderr)
   assert match and int(match.group(1)) >= min(steps_at_kill)
+  assert info_from_libraries(resumed.stderr) == set()  # restore + saves
   _, err = straight.communicate(timeout=300)
   assert straight.returncode == 0, err[-4000:]
 

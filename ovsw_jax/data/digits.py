@@ -60,6 +60,21 @@ class DigitsSource(PadCropFlipSource):
     return images[offset + indices], labels[offset + indices]
 
 
-def make_source(augment: bool = True) -> DigitsSource:
-  return DigitsSource(info=dataset_info(), pad=2, flip=False, augment=augment,
+def make_source(augment: bool = True,
+                num_eval: int | None = None) -> DigitsSource:
+  """The digits.
+
+  Args:
+    augment: whether training examples are augmented.
+    num_eval: evaluate on the first this many of the 297 eval images (a
+      quicker eval); None: all of them.
+  """
+  info = dataset_info()
+  if num_eval is not None:
+    if isinstance(num_eval, bool) or not isinstance(num_eval, int) or not (
+        1 <= num_eval <= info.num_eval):
+      raise ValueError(f'digits: num_eval={num_eval!r} must be an int in '
+                       f'[1, {info.num_eval}] (or None: all of them).')
+    info = info._replace(num_eval=num_eval)
+  return DigitsSource(info=info, pad=2, flip=False, augment=augment,
                       pixel_scale=1.0)

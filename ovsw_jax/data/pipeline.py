@@ -23,7 +23,7 @@ Datasets (the `dataset` argument):
 - "cifar10", "cifar100": the official files (`cifar.load`). Options:
   download (True), downloader, augment (True).
 - "digits": scikit-learn's 8x8 digits upsampled to 16x16 (`digits`).
-  Options: augment.
+  Options: augment, num_eval.
 - "synthetic": per-index random data (`synthetic.make_source`). Options:
   image_shape, num_classes, num_train, num_eval, data_seed, augment, pad,
   flip.
