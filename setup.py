@@ -50,6 +50,18 @@ setup(
             "simplejpeg>=1.7",  # tests of decoder="simplejpeg"
             # EventAccumulator reads the event files back in the tests.
             "tensorboard>=2.15",
+            # The gs:// tests: the [gcs] clients and a GCS API server on
+            # localhost (tests/gcs_emulator.py).
+            "ovsw_jax[gcs]",
+            "gcp-storage-emulator>=2026.7",
+        ],
+        # gs:// workdirs: etils.epath (metrics, config.json, TensorBoard's
+        # reader) goes through gcsfs; tensorboardX writes gs:// event files
+        # through google-cloud-storage; orbax needs neither (tensorstore).
+        "gcs": [
+            "gcsfs>=2024.2",
+            "etils[epath]>=1.5",
+            "google-cloud-storage>=2.14",
         ],
         # The CPU build that installs offline; a range would pull a CUDA build.
         "torch": ["torch==2.13.0"],

@@ -68,3 +68,21 @@ def test_tensorboard_scalars_read_back_with_event_accumulator(tmp_path):
   assert scalars["flip_rate/conv1"] == [(5, 0.125)]
   assert scalars["eval_top1"] == [(10, 0.25)]
   assert "method" not in scalars
+
+
+def test_a_resumed_run_hides_the_killed_runs_later_tensorboard_events(
+    tmp_path):
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+  killed = metrics_io.MetricsWriter(str(tmp_path))
+  for step, loss in ((5, 3.0), (10, 2.0), (15, 1.0)):
+    killed.write(step, {"train_loss": loss})
+  killed.close()
+  # Resumed from a checkpoint at step 10 (within the same second, too).
+  resumed = metrics_io.MetricsWriter(str(tmp_path), keep_until_step=10)
+  resumed.write(15, {"train_loss": 0.5})
+  resumed.close()
+  assert len(list((tmp_path / "tensorboard").iterdir())) == 2
+  acc = event_accumulator.EventAccumulator(str(tmp_path / "tensorboard"))
+  acc.Reload()
+  assert [(e.step, e.value) for e in acc.Scalars("train_loss")] == [
+      (5, 3.0), (10, 2.0), (15, 0.5)]

@@ -83,7 +83,11 @@ def config_flags_for(overrides) -> list[str]:
 
 @pytest.fixture(scope="session")
 def compile_cache(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("jax_compile_cache"))
+  # One folder per session, also for the modules that import this fixture
+  # (each gets its own instance): their subprocesses share compiled programs.
+  path = tmp_path_factory.getbasetemp() / "jax_compile_cache"
+  path.mkdir(exist_ok=True)
+  return str(path)
 
 
 def subprocess_env(compile_cache, devices=1):

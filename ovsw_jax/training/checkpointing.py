@@ -101,9 +101,13 @@ def create_manager(directory: str | os.PathLike[str],
       save_interval_steps=0 if read_only else 1,
       create=not read_only,
   )
-  return ocp.CheckpointManager(
-      epath.Path(directory).absolute(), options=options,
-      item_names=(STATE, META))
+  path = epath.Path(directory)
+  # absolute() would turn gs://b/run into <cwd>/gs:/b/run: only local paths
+  # are made absolute.
+  if "://" not in os.fspath(directory):
+    path = path.absolute()
+  return ocp.CheckpointManager(path, options=options,
+                               item_names=(STATE, META))
 
 
 def save(manager: ocp.CheckpointManager,

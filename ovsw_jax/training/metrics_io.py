@@ -132,7 +132,10 @@ class MetricsWriter:
     self._next = chunks[-1][0] + 1 if chunks else 0
     if keep_until_step is not None:
       self._truncate(keep_until_step, chunks)
-    self._summary = tensorboard.create_writer(self._workdir)
+    # Resumed: TensorBoard hides the killed run's events of the steps redone.
+    self._summary = tensorboard.create_writer(
+        self._workdir,
+        None if keep_until_step is None else keep_until_step + 1)
 
   def _truncate(self, keep_until_step: int, chunks) -> None:
     """Rewrites the records up to ``keep_until_step`` as one new chunk."""

@@ -76,11 +76,14 @@ def _init_fn(model, tx, image_shape, seed, model_state_fn=None):
                                                  jnp.float32), train=False)
     model_state = {k: v for k, v in variables.items()
                    if k not in ("params", "batch_stats")}
-    return TrainState.create(
+    state = TrainState.create(
         apply_fn=model.apply, params=variables["params"], tx=tx,
         batch_stats=variables.get("batch_stats", {}),
         model_state=model_state, rng=state_key,
         model_state_fn=model_state_fn)
+    # flax's step=0 becomes a weakly typed int32; a restored step is not, so
+    # a resumed run would compile train_step a second time.
+    return state.replace(step=jnp.zeros((), jnp.int32))
   return init
 
 

@@ -9,6 +9,7 @@ share a prefix, which TensorBoard shows as one group of per-layer charts.
 from __future__ import annotations
 
 import os
+import time
 from typing import Any, Mapping, Optional
 
 from absl import logging
@@ -19,10 +20,24 @@ TENSORBOARD_DIR = "tensorboard"
 class ScalarWriter:
   """Writes a record's numeric values as TensorBoard scalars at a step."""
 
-  def __init__(self, logdir: str):
-    """Opens an event file in ``logdir`` (needs tensorboardX)."""
+  def __init__(self, logdir: str, purge_step: Optional[int] = None):
+    """Opens an event file in ``logdir`` (needs tensorboardX).
+
+    Args:
+      logdir: a local or ``gs://`` directory.
+      purge_step: the first step this run writes when it resumes. A killed
+        run's file holds steps past the checkpoint that the resumed run
+        writes again; this writes a SessionLog START at ``purge_step``, by
+        which TensorBoard hides the older events of steps >= it.
+    """
     import tensorboardX  # pylint: disable=g-import-not-at-top
-    self._writer = tensorboardX.SummaryWriter(logdir=logdir)
+    # tensorboardX names a file by the second it opens and truncates an
+    # existing one: a second writer within that second (a resume, an
+    # eval_only run) would wipe the first file. The nanoseconds keep the
+    # names apart, and in the order TensorBoard reads them.
+    self._writer = tensorboardX.SummaryWriter(
+        logdir=logdir, purge_step=purge_step,
+        filename_suffix=f".{time.time_ns()}")
 
   def write(self, step: int, record: Mapping[str, Any]) -> None:
     for key, value in record.items():
@@ -38,11 +53,13 @@ class ScalarWriter:
     self._writer.close()
 
 
-def create_writer(workdir: os.PathLike | str) -> Optional[ScalarWriter]:
-  """A writer for ``workdir/tensorboard``, or None without tensorboardX."""
+def create_writer(workdir: os.PathLike | str,
+                  purge_step: Optional[int] = None) -> Optional[ScalarWriter]:
+  """A writer for ``workdir/tensorboard`` (see `ScalarWriter`), or None
+  without tensorboardX."""
   logdir = os.fspath(workdir).rstrip("/") + "/" + TENSORBOARD_DIR
   try:
-    return ScalarWriter(logdir)
+    return ScalarWriter(logdir, purge_step)
   except ImportError as e:
     logging.info("TensorBoard summaries off (%s); pip install tensorboardX "
                  "(or ovsw_jax[tensorboard]) to write them.", e)
