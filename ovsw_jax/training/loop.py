@@ -4,7 +4,8 @@
 the workdir's latest checkpoint (or initialises), then runs `_Run`: one
 jitted step per batch, with logging (metrics chunks, TensorBoard, tqdm),
 per-layer flip rates, periodic evaluation, orbax checkpoints, exact resume,
-and a stop at the first non-finite loss. Which steps log, evaluate and save
+a stop at the first non-finite loss, a saved stop on SIGTERM/SIGINT
+(`preemption`) and an optional profiler trace (`profiling`). Which steps log, evaluate and save
 is decided up front (`schedules.plan_steps`), so each part of the loop is a
 small method of `_Run`.
 """
