@@ -11,7 +11,7 @@ command again resumes from that checkpoint.
 Agreeing on the step:
 
 * one process: the signal handler sets a flag; the step after it is the
-  step (nothing to agree with), at the cost of an attribute read per step;
+  step (nothing to agree with); asking costs 0.4 us a step;
 * several processes (`jax.distributed` initialised): JAX's preemption
   service owns SIGTERM (its C++ handler tells the coordination service),
   and `multihost_utils.reached_preemption_sync_point(step)`, called every
