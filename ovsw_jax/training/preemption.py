@@ -91,8 +91,10 @@ class PreemptionWatch:
 
   def _handle(self, signum: int, frame) -> None:
     del frame
-    if self._saving or self.signal_name is not None:
+    if self._saving:
       self.ignored += 1
+      return
+    if self.signal_name is not None:  # The stop is on its way already.
       return
     self.signal_name = signal.Signals(signum).name
     if self._jax_service:
