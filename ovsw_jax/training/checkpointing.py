@@ -4,7 +4,10 @@ A checkpoint holds two items:
 
 * ``state``: the arrays of the run (params, batch_stats, the full optimizer
   state -- SAD's trackers and previous signs included --, the step and the RNG
-  key), saved with `StandardSave` and restored with their shardings;
+  key), saved with `StandardSave` and restored with the shardings of the
+  target (`abstract_train_state` on the *current* mesh), not the saved ones:
+  a run saved on N devices resumes on M (elastic restore; train.py checks
+  that M divides the global batch before it restores anything);
 * ``meta``: a small JSON dict (step, data position, epoch, ...). The data
   position is the step: the input pipeline is a pure function of (seed, step),
   so a resumed run restarts its iterator at ``start_step=step``.

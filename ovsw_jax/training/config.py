@@ -150,6 +150,9 @@ def _run_fields(config: ml_collections.ConfigDict) -> None:
   config.eval_only = False
   config.eval_checkpoint = "latest"
   config.progress_bar = True      # tqdm bar per epoch (process 0 only)
+  # A jax.profiler trace of this many steps, after 2 warm-up steps, into
+  # <workdir>/profile (ovsw_jax.training.profiling); 0: off.
+  config.profile_steps = 0
 
 
 # The keys a config must have, exactly; defined by `default_config` alone.
@@ -217,6 +220,7 @@ def _check_values(config: ml_collections.ConfigDict) -> None:
   positive_int("flip_stats_every_steps", allow=(-1, 0))
   positive_int("checkpoint_every_steps", allow=(-1, 0))
   positive_int("keep_checkpoints")
+  positive_int("profile_steps", allow=(0,))
   check(config.num_train_steps > 0 or config.num_epochs > 0, "num_epochs",
         "> 0 (or set num_train_steps)")
   check(config.warmup_epochs >= 0, "warmup_epochs", ">= 0")

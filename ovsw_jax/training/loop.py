@@ -4,7 +4,8 @@
 the workdir's latest checkpoint (or initialises), then runs `_Run`: one
 jitted step per batch, with logging (metrics chunks, TensorBoard, tqdm),
 per-layer flip rates, periodic evaluation, orbax checkpoints, exact resume,
-and a stop at the first non-finite loss. Which steps log, evaluate and save
+a stop at the first non-finite loss, a saved stop on SIGTERM/SIGINT
+(`preemption`) and an optional profiler trace (`profiling`). Which steps log, evaluate and save
 is decided up front (`schedules.plan_steps`), so each part of the loop is a
 small method of `_Run`.
 """
@@ -29,6 +30,8 @@ from ovsw_jax.training import guards
 from ovsw_jax.training import config as config_lib
 from ovsw_jax.training import mesh as mesh_lib
 from ovsw_jax.training import metrics_io
+from ovsw_jax.training import preemption
+from ovsw_jax.training import profiling
 from ovsw_jax.training import restart
 from ovsw_jax.training import schedules
 from ovsw_jax.training import state as state_lib
@@ -120,7 +123,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   Returns:
     The final metrics: step, eval_loss, eval_top1, eval_top5, eval_count;
     for a training run also train_loss (last log window), wall_time_s and
-    images_per_sec.
+    images_per_sec. A run stopped by SIGTERM/SIGINT (`preemption`) returns
+    ``{"step": <its checkpoint's step>, "preempted": True, ...}`` without a
+    final evaluation.
 
   Raises:
     ValueError: a bad config or a batch size the devices cannot split.
@@ -160,7 +165,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       workdir_lib.write_config(config, workdir)
     writer = metrics_io.MetricsWriter(workdir, enabled=is_chief,
                                       keep_until_step=step)
-    run = _Run(config, experiment, manager, mesh, writer, run_eval)
+    run = _Run(config, experiment, manager, mesh, writer, run_eval, workdir)
     return run.train(state, start_time)
   finally:
     manager.wait_until_finished()
@@ -210,8 +215,8 @@ class _Run:
   """One training run's loop over steps ``state.step + 1 .. total_steps``."""
 
   def __init__(self, config, experiment: Experiment, manager, mesh, writer,
-               run_eval):
-    self.config, self.experiment = config, experiment
+               run_eval, workdir):
+    self.config, self.experiment, self.workdir = config, experiment, workdir
     self.manager, self.mesh, self.writer = manager, mesh, writer
     self.run_eval = run_eval
     self.is_chief = jax.process_index() == 0
@@ -227,6 +232,7 @@ class _Run:
     self.last_record: dict[str, Any] = {}
     self.last_eval: dict[str, Any] = {}
     self.run_images, self.run_time = 0, 0.0
+    self.preempted_at: Optional[int] = None
 
   def train(self, state: state_lib.TrainState, start_time: float
             ) -> dict[str, Any]:
@@ -245,6 +251,9 @@ class _Run:
         experiment.steps_per_epoch,
         math.ceil(total / experiment.steps_per_epoch),
         enabled=config.progress_bar and self.is_chief)
+    profiler = profiling.StepProfiler(config.profile_steps, self.workdir,
+                                      first_step)
+    watch = preemption.PreemptionWatch().install()
     try:
       for step in range(first_step + 1, total + 1):
         progress.start_step(step)
@@ -268,7 +277,14 @@ class _Run:
           self.writer.write(step, record)
         if step in plan.saves:
           self._save(step, state, evaluated=step in plan.evals)
+        profiler.after_step(step, state)
+        if watch.stop_here(step, lambda: self._save(step, state, False),
+                           self.manager):
+          self.preempted_at = step
+          break
     finally:
+      watch.restore()
+      profiler.close()
       progress.close()
       close = getattr(train_iter, "close", None)
       if close is not None:
@@ -350,6 +366,8 @@ class _Run:
   def _summary(self, state, first_step: int, start_time: float
                ) -> dict[str, Any]:
     """The run's final metrics, logged by process 0."""
+    if self.preempted_at is not None:
+      return {"step": self.preempted_at, "preempted": True, **self.last_eval}
     if not self.last_eval:
       # Nothing was trained (already at total_steps): evaluate what we have.
       self.last_eval = self.run_eval(state)
