@@ -18,6 +18,7 @@ import pytest
 
 from ovsw_jax import adabin
 from ovsw_jax import rbnn
+from ovsw_jax.training import experiment as experiment_lib
 from ovsw_jax.training import methods
 from tests.test_irnet import np_balanced
 from tests.test_irnet import np_balanced_vjp
@@ -250,3 +251,27 @@ def test_maxout_matches_numpy():
                              rtol=1e-5)
   np.testing.assert_allclose(g_p["neg_scale"], -(g * relu_n).sum((0, 1, 2)),
                              rtol=1e-5)
+
+
+def test_registry_parts_build_the_models_and_check_their_fields():
+  for method, conv, extra in (("rbnn+ovsw", rbnn.RBNNConv, {}),
+                              ("adabin+ovsw", adabin.AdaBinConv,
+                               {"nonlinearity": adabin.Maxout})):
+    assert methods.method_parts(method) == [method.split("+")[0], "ags", "sad"]
+    model = methods.create_model(small_config(method=method), 10)
+    assert model.conv.func is conv
+    assert {k: getattr(model, k) for k in extra} == extra
+  # AdaBin's sets are not +-1: the CPU fast path leaves them float32.
+  assert model.binary_operand_dtype is None
+  k, t = model.conv.keywords["k_init"], model.conv.keywords["t_init"]
+  assert (k, t) == pytest.approx((1000.0, 0.001))
+  with pytest.raises(ValueError, match=r"Unknown option\(s\) \['nonlinearity"):
+    methods.create_model(small_config(method="adabin",
+                                      model="cresnet18_1w1a"), 10)
+  for key, value, reported, expected in (
+      ("rbnn_t_max", 0.001, "rbnn_t_max", r"in \[rbnn_t_min=0.01, inf\)"),
+      ("rbnn_rotation_update", 0, "rbnn_rotation_update", "an int >= 1"),
+      ("adabin_t_min", 0.0, "adabin_t_max", r"in \[adabin_t_min=0.0, inf\)")):
+    with pytest.raises(ValueError,
+                       match=rf"config.{reported}=.*expected {expected}"):
+      experiment_lib.validate_config(small_config(**{key: value}))
