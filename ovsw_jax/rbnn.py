@@ -41,6 +41,12 @@ the forward binarization maps 0 to +1 as every estimator of `ovsw_jax.ops`.
 The reference flattens an OIHW kernel as ``(O, C_in*kh*kw)``; the HWIO
 kernel here is transposed to that order first, so ``X_o`` is the code's.
 
+A consequence of the code's init, kept: at ``theta = pi/2``, ``|sin theta|``
+is exactly 1 in float32, so ``w3`` does not depend on the latent kernel and
+the kernel gets no gradient (and ``theta`` one of order ``cos(pi/2) ~ 4e-8``)
+until weight decay on ``theta`` moves it off pi/2; the code's 1000-epoch
+schedule gives it the time, a short run does not.
+
 State
 -----
 Every `RBNNConv` holds, in the collection ``'rbnn'`` (`COLLECTION`),
