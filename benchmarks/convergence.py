@@ -1,4 +1,6 @@
 """Convergence study: vanilla, AGS, SAD and OvSW (and peers) on CIFAR-10.
+Any ``config.method`` is an arm (e.g. ``rbnn,rbnn+ovsw``); ``ovsw_pairs``
+in the result compares each X with X+ovsw.
 
   python -m benchmarks.convergence --runs_dir=/tmp/ovsw_convergence \
       --arms=vanilla,ags,sad,ovsw --seeds=0,1 --epochs=4 --batch_size=128 \
@@ -275,6 +277,20 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
   return summary
 
 
+def ovsw_pairs(summary: dict[str, Any]) -> dict[str, Any]:
+  """For each arm X run with X+ovsw too ('vanilla' with 'ovsw'): the
+  difference (X+ovsw minus X) of final top-1 and never-flipped, in points."""
+  pairs = {}
+  for arm in summary:
+    with_ovsw = "ovsw" if arm == "vanilla" else f"{arm}+ovsw"
+    if with_ovsw in summary and "ovsw" not in arm.split("+"):
+      a, b = summary[arm], summary[with_ovsw]
+      pairs[arm] = {"with_ovsw": with_ovsw, **{
+          f"{k}_diff": 100 * (b[f"{k}_mean"] - a[f"{k}_mean"])
+          for k in ("final_top1", "never_flipped")}}
+  return pairs
+
+
 def plot(runs: list[dict[str, Any]], path: Path) -> None:
   """Test top-1 per epoch, never-flipped per layer, flips against |w|."""
   import matplotlib  # pylint: disable=g-import-not-at-top
@@ -304,7 +320,8 @@ def plot(runs: list[dict[str, Any]], path: Path) -> None:
     # Bins of a few weights (the tail of large |w|) are noise: leave them out.
     mean[np.asarray(stats["count"]) < MIN_BIN_WEIGHTS] = np.nan
     axes[2].plot(centers, mean, ".-", color=c, alpha=0.85)
-  axes[0].set(xlabel="epoch", ylabel="CIFAR-10 test top-1 (%)",
+  dataset = runs[0]["config"].get("dataset", "cifar10")
+  axes[0].set(xlabel="epoch", ylabel=f"{dataset} test top-1 (%)",
               title="Test top-1 (cResNet20 1W1A)")
   axes[0].legend(fontsize=7)
   axes[1].set(xlabel="binary layer (input to output)",
@@ -373,6 +390,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
       "learning_rate": args.learning_rate,
       "arms": arms, "seeds": seeds, "missing_runs": missing,
       "summary": summarize(runs) if runs else {},
+      "ovsw_pairs": ovsw_pairs(summarize(runs)) if runs else {},
       "runs": runs,
       "wall_seconds": time.time() - start,
       "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),

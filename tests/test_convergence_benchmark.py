@@ -250,3 +250,15 @@ def test_aggregate_only_lists_missing_runs(bench, study, tmp_path):
                       "--seeds=0", "--aggregate_only", f"--out={empty_out}"])
   assert empty["missing_runs"] == ["vanilla_s0"] and empty["summary"] == {}
   assert not empty_out.exists()
+
+
+def test_ovsw_pairs_are_the_differences_of_the_summary():
+  summary = {a: {"final_top1_mean": t, "never_flipped_mean": n}
+             for a, t, n in (("vanilla", 0.30, 0.9), ("ovsw", 0.35, 0.5),
+                             ("rbnn", 0.40, 0.8), ("rbnn+ovsw", 0.38, 0.6),
+                             ("adabin", 0.5, 0.7))}
+  pairs = convergence.ovsw_pairs(summary)
+  assert sorted(pairs) == ["rbnn", "vanilla"]
+  assert pairs["vanilla"]["with_ovsw"] == "ovsw"
+  assert pairs["rbnn"]["final_top1_diff"] == pytest.approx(-2.0)
+  assert pairs["vanilla"]["never_flipped_diff"] == pytest.approx(-40.0)

@@ -115,38 +115,3 @@ def test_eval_signs_and_scale_are_the_eval_forward():
   assert math.isclose(float(np.log2(scale).round().sum()),
                       float(np.log2(scale).sum()))
 
-
-def test_irnet_ovsw_trains_and_resumes_bitwise(tmp_path):
-  """'irnet+ovsw' from a config: (k, t) per epoch in the checkpoints, and a
-  run resumed from step 1 ends equal to the straight one to the bit."""
-  import glob
-  import shutil
-  from ovsw_jax.training import loop
-  from ovsw_jax.training import state as state_lib
-  from tests.test_methods import small_config
-  config = small_config(
-      method="irnet+ovsw", num_epochs=2, checkpoint_every_steps=1,
-      dataset_options={"image_shape": (8, 8, 3), "num_train": 8,
-                       "num_eval": 8})
-  straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-  loop.train_and_evaluate(config, str(straight))
-  for step, epoch in ((1, 0), (2, 1)):
-    state, _ = loop.load_checkpoint(config, str(straight), step)
-    got = {}
-    for path, x in jax.tree_util.tree_flatten_with_path(
-        state.model_state[irnet.EDE_COLLECTION])[0]:
-      got.setdefault(path[-1].key, []).append(float(x))
-    want = np.float32(irnet.ede_schedule(epoch, 2))
-    assert len(got[irnet.K]) == len(got[irnet.T]) == 6  # 6 binary convs
-    np.testing.assert_allclose(got[irnet.K], want[0], rtol=1e-6)
-    np.testing.assert_allclose(got[irnet.T], want[1], rtol=1e-6)
-  shutil.copytree(straight, resumed)
-  for path in glob.glob(str(resumed / "**" / "2"), recursive=True):
-    shutil.rmtree(path)
-  loop.train_and_evaluate(config, str(resumed))
-  a, _ = loop.load_checkpoint(config, str(straight), 2)
-  b, _ = loop.load_checkpoint(config, str(resumed), 2)
-  leaves = [jax.tree_util.tree_flatten_with_path(jax.device_get(
-      state_lib.checkpoint_items(s)))[0] for s in (a, b)]
-  for (path, x), (_, y) in zip(*leaves):
-    np.testing.assert_array_equal(x, y, err_msg=str(path))

@@ -47,6 +47,15 @@ def hardtanh(x: jax.Array) -> jax.Array:
   return jnp.where(x <= -1, -one, jnp.where(x >= 1, one, x))
 
 
+def nonlinear(x: jax.Array, nonlinearity: Optional[ModuleDef],
+              name: str) -> jax.Array:
+  """`hardtanh` (``nonlinearity=None``), else ``nonlinearity(name=name)(x)``,
+  a module (e.g. AdaBin's Maxout) made in the calling module."""
+  if nonlinearity is None:
+    return hardtanh(x)
+  return nonlinearity(name=name)(x)
+
+
 def torch_linear_init() -> Initializer:
   """torch ``nn.Linear``'s kernel init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
   return nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
@@ -208,6 +217,8 @@ class BiRealBlock(nn.Module):
     norm: BatchNorm partial (`BinaryNet.norm`).
     shortcut: ``"option_a"`` or ``"float_conv"``.
     float_conv: float conv partial, for the ``"float_conv"`` shortcut.
+    nonlinearity: None (hardtanh) or a module class used in its place,
+      named ``nonlinear1`` and ``nonlinear2`` (`nonlinear`).
   """
 
   in_planes: int
@@ -217,6 +228,7 @@ class BiRealBlock(nn.Module):
   norm: ModuleDef
   shortcut: str = "option_a"
   float_conv: Optional[ModuleDef] = None
+  nonlinearity: Optional[ModuleDef] = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -235,10 +247,12 @@ class BiRealBlock(nn.Module):
                          "'option_a' or 'float_conv'.")
     y = self.conv(self.planes, kernel_size=(3, 3), strides=(s, s),
                   name="conv1")(x, train=train)
-    x1 = hardtanh(self.norm(name="bn1")(y) + residual)
+    x1 = nonlinear(self.norm(name="bn1")(y) + residual, self.nonlinearity,
+                   "nonlinear1")
     y = self.conv(self.planes, kernel_size=(3, 3), strides=(1, 1),
                   name="conv2")(x1, train=train)
-    return hardtanh(self.norm(name="bn2")(y) + x1)
+    return nonlinear(self.norm(name="bn2")(y) + x1, self.nonlinearity,
+                     "nonlinear2")
 
 
 class BasicBlock(nn.Module):

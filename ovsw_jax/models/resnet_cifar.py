@@ -21,7 +21,7 @@ Flax path             PyTorch key prefix
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -36,10 +36,13 @@ class CResNet20(blocks.BinaryNet):
   Float stem conv3x3 3->16 + BN + hardtanh; 3 stages of 3 `blocks.BiRealBlock`
   (widths 16/32/64, stride 2 at the first block of stages 2-3, option-A
   shortcuts); global average pool -> BN -> Dense. Binary convs are
-  ``self.conv``; the first and last layers are float.
+  ``self.conv``; the first and last layers are float. ``nonlinearity``: a
+  module class in place of every hardtanh (e.g. `ovsw_jax.adabin.Maxout`),
+  named ``nonlinear1`` (stem) and ``layer{i}_{j}/nonlinear{1,2}``.
   """
 
   stage_sizes: Sequence[int] = (3, 3, 3)
+  nonlinearity: Optional[Any] = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -48,7 +51,8 @@ class CResNet20(blocks.BinaryNet):
     conv = self.binary_conv()
     x = self.float_conv()(16, (3, 3), padding=layers.torch_padding((3, 3)),
                           name="conv1")(x)
-    x = blocks.hardtanh(norm(name="bn1")(x))
+    x = blocks.nonlinear(norm(name="bn1")(x), self.nonlinearity,
+                         "nonlinear1")
     in_planes = 16
     for i, (planes, num_blocks) in enumerate(zip((16, 32, 64),
                                                  self.stage_sizes)):
@@ -56,6 +60,7 @@ class CResNet20(blocks.BinaryNet):
         strides = 2 if i > 0 and j == 0 else 1
         x = blocks.BiRealBlock(in_planes, planes, strides, conv=conv,
                                norm=norm, shortcut="option_a",
+                               nonlinearity=self.nonlinearity,
                                name=f"layer{i + 1}_{j}")(x, train)
         in_planes = planes
     return self.head(x, train, fc_init=blocks.torch_linear_init())

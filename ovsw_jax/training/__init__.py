@@ -5,7 +5,8 @@ The modules, in the order data flows through them:
 * `config`: the one config schema (`default_config`, `CONFIG_KEYS`,
   `validate_config`); `schedules`: learning-rate schedules;
 * `methods`: the method registry (`register_method`; the optimizer chain
-  and model changes of 'ovsw', 'recu+ovsw', ...);
+  and model changes of 'ovsw', 'recu+ovsw', ...); `peer_methods`: RBNN's
+  and AdaBin's parts;
 * `experiment`: what a config builds (dataset info, model, optimizer);
 * `state`: `TrainState`; `steps`: the jitted train/eval steps;
 * `mesh`: devices, mesh, shardings, jax.distributed; `cpu_fast_path`: the
@@ -22,6 +23,8 @@ from ovsw_jax.training.experiment import validate_config
 from ovsw_jax.training.loop import load_checkpoint
 from ovsw_jax.training.loop import train_and_evaluate
 from ovsw_jax.training.methods import register_method
+# Registers 'rbnn' and 'adabin'.
+from ovsw_jax.training import peer_methods  # pylint: disable=unused-import
 from ovsw_jax.training.metrics_io import read_metrics
 from ovsw_jax.training.state import TrainState
 

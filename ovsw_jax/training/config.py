@@ -71,7 +71,9 @@ def _method_fields(config: ml_collections.ConfigDict) -> None:
   # place). AGS, SAD and LARS act on the binary latent kernels only. Peers:
   # 'bop' (Bop flips binary kernels; wd + SGD on the float params),
   # 'recu' (ReCU binary convs, tau set per epoch), 'irnet' (IR-Net convs,
-  # EDE's (k, t) set per epoch). Combine freely, e.g. 'irnet+ovsw',
+  # EDE's (k, t) set per epoch), 'rbnn' (RBNN convs, rotations refitted per
+  # epoch), 'adabin' (AdaBin convs and Maxout). Combine freely, e.g.
+  # 'irnet+ovsw', 'rbnn+ovsw', 'adabin+ovsw',
   # 'recu+ovsw', 'recu+ags', 'recu+sad', 'lars+sad'.
   config.method = "ovsw"
   config.momentum = 0.9           # SGD momentum (no Nesterov)
@@ -100,6 +102,15 @@ def _method_fields(config: ml_collections.ConfigDict) -> None:
   # on a log scale, set per epoch; k = max(1/t, 1).
   config.irnet_t_min = 0.1
   config.irnet_t_max = 10.0
+  # 'rbnn' (Lin et al. 2020): the same log schedule of t (k = max(1/t, 1)),
+  # and the rotations R1, R2 refitted at the first step of every
+  # rbnn_rotation_update-th epoch.
+  config.rbnn_t_min = 0.01
+  config.rbnn_t_max = 10.0
+  config.rbnn_rotation_update = 1
+  # 'adabin' (Tu et al. 2022): EDE's t from adabin_t_min to adabin_t_max.
+  config.adabin_t_min = 0.001
+  config.adabin_t_max = 10.0
 
 
 
@@ -245,3 +256,12 @@ def _check_values(config: ml_collections.ConfigDict) -> None:
   check(0 < config.irnet_t_min <= config.irnet_t_max, "irnet_t_max",
         f"in [irnet_t_min={config.irnet_t_min}, inf) with irnet_t_min > 0 "
         "(IR-Net: 0.1 and 10)")
+  check(0 < config.rbnn_t_min <= config.rbnn_t_max, "rbnn_t_max",
+        f"in [rbnn_t_min={config.rbnn_t_min}, inf) with rbnn_t_min > 0 "
+        "(RBNN: 0.01 and 10)")
+  check(isinstance(config.rbnn_rotation_update, int)
+        and config.rbnn_rotation_update >= 1, "rbnn_rotation_update",
+        "an int >= 1 (epochs between rotation updates; RBNN: 1)")
+  check(0 < config.adabin_t_min <= config.adabin_t_max, "adabin_t_max",
+        f"in [adabin_t_min={config.adabin_t_min}, inf) with adabin_t_min > 0"
+        " (AdaBin: 0.001 and 10)")

@@ -11,8 +11,8 @@
 * 'alias': stands for other parts ('ovsw').
 
 A new method registers its parts with `register_method`; nothing else in
-the trainer changes. `create_optimizer`, `create_model` and
-`create_model_state_fn` build a run's optimizer chain, network and
+the trainer changes (RBNN's and AdaBin's are in `peer_methods`).
+`create_optimizer`, `create_model` and `create_model_state_fn` build a run's optimizer chain, network and
 model-state schedule from the registry.
 """
 
@@ -36,8 +36,9 @@ from ovsw_jax.training import config as config_lib
 from ovsw_jax.training import cpu_fast_path
 from ovsw_jax.training import schedules
 
-# Model-state schedule of a run: (model_state, step) -> (model_state, metrics).
-ModelStateFn = Callable[[dict[str, Any], jax.Array],
+# Model-state schedule of a run: (model_state, step, params) ->
+# (model_state, metrics).
+ModelStateFn = Callable[[dict[str, Any], jax.Array, Any],
                         tuple[dict[str, Any], dict[str, jax.Array]]]
 
 # A 'gradient' or 'optimizer' part builds transformations from the config
@@ -48,6 +49,9 @@ PartBuilder = Callable[[ml_collections.ConfigDict, optax.Schedule],
 # (model_state, epoch, num_epochs) -> (model_state, metrics); see ModelChange.
 ModelStateUpdate = Callable[[dict[str, Any], jax.Array, float],
                             tuple[dict[str, Any], dict[str, jax.Array]]]
+
+# (model_state, params, epoch) -> model_state; see ModelChange.epoch_start.
+EpochStart = Callable[[dict[str, Any], Any, jax.Array], dict[str, Any]]
 
 
 class ModelChange(NamedTuple):
@@ -64,9 +68,14 @@ class ModelChange(NamedTuple):
       with the 0-based epoch of the step (an int32 array, so the values change
       once per epoch without recompiling) and the run's length in epochs. The
       scalar ``metrics`` join the step's metrics.
+    epoch_start: None, or ``epoch_start(model_state, params, epoch) ->
+      model_state``, run on the first step of every epoch (after ``update``,
+      before the forward pass) with the params that step starts from: for
+      state fitted to the weights once per epoch (RBNN's rotations).
   """
   options: Mapping[str, Any]
   update: Optional[ModelStateUpdate] = None
+  epoch_start: Optional[EpochStart] = None
 
 
 class MethodPart(NamedTuple):
@@ -253,6 +262,7 @@ def _irnet(config):
 register_method("irnet", "model", _irnet)
 
 
+
 def create_optimizer(config: ml_collections.ConfigDict,
                      learning_rate_fn: optax.Schedule
                      ) -> optax.GradientTransformation:
@@ -337,26 +347,34 @@ def create_model_state_fn(config: ml_collections.ConfigDict,
                           steps_per_epoch: int) -> Optional[ModelStateFn]:
   """The method's schedule of non-trainable model variables, or None.
 
-  Chains the ``update`` of every 'model' part (see `ModelChange`). The
-  returned function maps ``(model_state, step)`` -- ``step`` the number of
-  steps already taken, as in the LR schedule -- to the model state for the
-  next step and its metrics, with ``epoch = step // steps_per_epoch`` and
-  ``num_epochs = total steps / steps_per_epoch``. Being a function of the
-  step, it makes resumed runs exact; the state is checkpointed as well.
+  Chains the ``update`` of every 'model' part, then on an epoch's first step
+  its ``epoch_start`` (see `ModelChange`). The returned function maps
+  ``(model_state, step, params)`` -- ``step`` the number of steps already
+  taken, as in the LR schedule -- to the model state for the next step and
+  its metrics, with ``epoch = step // steps_per_epoch`` and
+  ``num_epochs = total steps / steps_per_epoch``. A function of the step
+  (and, at an epoch's first step, of the params) and checkpointed with the
+  state, it makes resumed runs exact.
   """
-  updates = [c.update for _, c in model_changes(config)
-             if c.update is not None]
-  if not updates:
+  changes = [c for _, c in model_changes(config)]
+  updates = [c.update for c in changes if c.update is not None]
+  starts = [c.epoch_start for c in changes if c.epoch_start is not None]
+  if not (updates or starts):
     return None
   spe = int(steps_per_epoch)
   num_epochs = schedules.total_train_steps(config, spe) / spe
 
-  def model_state_fn(model_state, step):
+  def model_state_fn(model_state, step, params):
     epoch = jnp.floor_divide(step, spe)
     metrics = {}
     for update in updates:
       model_state, values = update(model_state, epoch, num_epochs)
       metrics.update(values)
+    for start in starts:
+      # Only the epoch's first step pays for it (cond runs one branch).
+      model_state = jax.lax.cond(
+          step % spe == 0, lambda ms, s=start: s(ms, params, epoch),
+          lambda ms: ms, model_state)
     return model_state, metrics
 
   return model_state_fn

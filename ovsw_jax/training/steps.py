@@ -69,7 +69,8 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array],
   model_state, model_metrics = state.model_state or {}, {}
   images = _model_input(batch, input_fn)
   if state.model_state_fn is not None:
-    model_state, model_metrics = state.model_state_fn(model_state, state.step)
+    model_state, model_metrics = state.model_state_fn(
+        model_state, state.step, state.params)
 
   def loss_fn(params):
     logits, updates = state.apply_fn(
