@@ -19,7 +19,7 @@ def default_config() -> ml_collections.ConfigDict:
   """The defaults: OvSW on CIFAR-10 with the reference's CIFAR recipe."""
   config = ml_collections.ConfigDict()
   for fields in (_model_fields, _data_fields, _method_fields,
-                 _schedule_fields, _run_fields):
+                 _schedule_fields, _run_fields, _stage_fields):
     fields(config)
   return config
 
@@ -152,6 +152,28 @@ def _run_fields(config: ml_collections.ConfigDict) -> None:
   config.progress_bar = True      # tqdm bar per epoch (process 0 only)
 
 
+def _stage_fields(config: ml_collections.ConfigDict) -> None:
+  """Staged training and distillation (ReActNet's two-stage recipe)."""
+  # --- Stages / distillation -------------------------------------------------
+  # A previous stage's workdir: a new run (no checkpoint of its own yet)
+  # starts from that workdir's latest params and batch_stats, with a fresh
+  # optimizer state. Its config.json must build the same parameter tree
+  # (e.g. stage 1's model_options.binarize_weights=False). None: from init.
+  config.init_from = config_dict.placeholder(str)
+  # The teacher of the distribution loss: a workdir of ours (its config.json
+  # names the model) at teacher_checkpoint ('latest', 'best' or a step), or a
+  # reference .pth (teacher_file, converted by ovsw_jax.convert) of model
+  # teacher_model. None for both: no teacher.
+  config.teacher_workdir = config_dict.placeholder(str)
+  config.teacher_checkpoint = "latest"
+  config.teacher_file = config_dict.placeholder(str)
+  config.teacher_model = config_dict.placeholder(str)
+  # With a teacher, loss = (1 - w) * cross-entropy + w * distribution loss
+  # (ReActNet's KD_loss: -sum softmax(teacher) * log_softmax(student)); 1.0
+  # is ReActNet's recipe (the teacher's soft labels alone).
+  config.distill_weight = 1.0
+
+
 # The keys a config must have, exactly; defined by `default_config` alone.
 CONFIG_KEYS = frozenset(default_config().keys())
 
@@ -238,6 +260,22 @@ def _check_values(config: ml_collections.ConfigDict) -> None:
         "in (0.5, 1] (ReCU: 0.85)")
   check(config.recu_tau_min <= config.recu_tau_max <= 1, "recu_tau_max",
         f"in [recu_tau_min={config.recu_tau_min}, 1] (ReCU: 0.99)")
+  _check_stage_values(config, check)
   check(0 < config.irnet_t_min <= config.irnet_t_max, "irnet_t_max",
         f"in [irnet_t_min={config.irnet_t_min}, inf) with irnet_t_min > 0 "
         "(IR-Net: 0.1 and 10)")
+
+
+def _check_stage_values(config: ml_collections.ConfigDict, check) -> None:
+  """The staged-training and distillation fields."""
+  check(0 <= config.distill_weight <= 1, "distill_weight", "in [0, 1]")
+  which = config.teacher_checkpoint
+  check(which in ("latest", "best") or (
+      isinstance(which, (int, np.integer)) and not isinstance(which, bool)
+      and which >= 0), "teacher_checkpoint",
+        "'latest', 'best' or a step number >= 0")
+  check(not (config.teacher_workdir and config.teacher_file), "teacher_file",
+        "None when teacher_workdir is set (one teacher)")
+  check(not config.teacher_file or bool(config.teacher_model),
+        "teacher_model", "a model name with teacher_file (e.g. "
+        "'resnet34_1w1a'), to convert the file's state_dict")
