@@ -162,3 +162,52 @@ def test_kill_and_resume_is_exact_within_stage2(stages):
   b, _ = loop.load_checkpoint(stage2, str(resumed), 2)
   for (path, x), (_, y) in zip(_items(a), _items(b)):
     np.testing.assert_array_equal(x, y, err_msg=str(path))
+
+
+@pytest.mark.parametrize("recipe,model,batch", [
+    ("imagenet_reactnet_a", "reactnet_a", 256),
+    ("imagenet_react_resnet18", "react_resnet18", 512),
+    ("cifar10_react_resnet18", "react_resnet18_cifar", 256),
+])
+def test_react_recipes_have_two_stages(recipe, model, batch):
+  module = __import__(f"configs.{recipe}", fromlist=["get_config"])
+  stage1, stage2 = module.get_config("stage1"), module.get_config("stage2")
+  experiment_lib.validate_config(stage1)
+  assert (stage1.model, stage1.batch_size, stage1.method) == (
+      model, batch, "ovsw+adam")
+  assert stage1.model_options.binarize_weights is False
+  assert (stage1.weight_decay, stage2.weight_decay) == (1e-5, 0.0)
+  assert "binarize_weights" not in stage2.model_options
+  assert stage1.lr_schedule == stage2.lr_schedule == "linear"
+  with pytest.raises(ValueError, match="--config.init_from="):
+    experiment_lib.validate_config(stage2)
+  stage2.init_from = "/runs/stage1"
+  experiment_lib.validate_config(stage2)
+  with pytest.raises(ValueError, match="stage 'stage3'"):
+    module.get_config("stage3")
+
+
+def test_adam_part_is_torch_adam_with_l2_decay():
+  """'adam': g + wd * w (2-D params only), then Adam's bias-corrected
+  moments; checked over three steps against the NumPy formulas."""
+  from ovsw_jax.training import methods  # pylint: disable=g-import-not-at-top
+  config = small_config(method="adam", weight_decay=0.1,
+                        weight_decay_on_1d=False)
+  tx = methods.create_optimizer(config, lambda step: 0.01)
+  rng = np.random.default_rng(0)
+  params = {"w": rng.normal(size=(3, 2)), "b": rng.normal(size=2)}
+  state = tx.init(jax.tree.map(jnp.asarray, params))
+  m = {k: 0.0 for k in params}
+  v = {k: 0.0 for k in params}
+  for t in range(1, 4):
+    grads = {k: rng.normal(size=p.shape) for k, p in params.items()}
+    updates, state = tx.update(jax.tree.map(jnp.asarray, grads), state,
+                               jax.tree.map(jnp.asarray, params))
+    for k in params:
+      g = grads[k] + (0.1 * params[k] if k == "w" else 0.0)
+      m[k] = 0.9 * m[k] + 0.1 * g
+      v[k] = 0.999 * v[k] + 0.001 * g * g
+      step = -0.01 * (m[k] / (1 - 0.9**t)) / (
+          np.sqrt(v[k] / (1 - 0.999**t)) + 1e-8)
+      np.testing.assert_allclose(updates[k], step, rtol=2e-5, atol=1e-8)
+      params[k] = params[k] + np.asarray(updates[k], np.float64)

@@ -72,7 +72,8 @@ def _method_fields(config: ml_collections.ConfigDict) -> None:
   # 'bop' (Bop flips binary kernels; wd + SGD on the float params),
   # 'recu' (ReCU binary convs, tau set per epoch), 'irnet' (IR-Net convs,
   # EDE's (k, t) set per epoch). Combine freely, e.g. 'irnet+ovsw',
-  # 'recu+ovsw', 'recu+ags', 'recu+sad', 'lars+sad'.
+  # 'recu+ovsw', 'recu+ags', 'recu+sad', 'lars+sad'. 'adam': wd + Adam in
+  # SGD's place (ReActNet's recipe), e.g. 'ovsw+adam'.
   config.method = "ovsw"
   config.momentum = 0.9           # SGD momentum (no Nesterov)
   config.weight_decay = 5e-4
@@ -268,6 +269,12 @@ def _check_values(config: ml_collections.ConfigDict) -> None:
 
 def _check_stage_values(config: ml_collections.ConfigDict, check) -> None:
   """The staged-training and distillation fields."""
+  try:
+    config.init_from  # pylint: disable=pointless-statement
+  except config_dict.RequiredValueError:
+    raise ValueError(
+        "config.init_from is required by this recipe's later stage: pass "
+        "--config.init_from=<the previous stage's workdir>") from None
   check(0 <= config.distill_weight <= 1, "distill_weight", "in [0, 1]")
   which = config.teacher_checkpoint
   check(which in ("latest", "best") or (
