@@ -211,3 +211,19 @@ def test_adam_part_is_torch_adam_with_l2_decay():
           np.sqrt(v[k] / (1 - 0.999**t)) + 1e-8)
       np.testing.assert_allclose(updates[k], step, rtol=2e-5, atol=1e-8)
       params[k] = params[k] + np.asarray(updates[k], np.float64)
+
+
+def test_bad_stage_values_are_named():
+  for overrides, field in (({"distill_weight": 2.0}, "distill_weight"),
+                           ({"teacher_checkpoint": "newest"},
+                            "teacher_checkpoint"),
+                           ({"teacher_file": "t.pth"}, "teacher_model"),
+                           ({"teacher_file": "t.pth", "teacher_model": "x",
+                             "teacher_workdir": "/w"}, "teacher_file")):
+    with pytest.raises(ValueError, match=f"config.{field}="):
+      experiment_lib.validate_config(small_config(**overrides))
+  experiment_lib.validate_config(small_config(teacher_checkpoint="1000"))
+  with pytest.raises(ValueError, match=r"\['a'\]\['k'\]: \(3,\) here, "
+                     r"\(4,\) in src"):
+    warm_start.check_same_tree("params", {"a": {"k": np.zeros(3)}},
+                               {"a": {"k": np.zeros(4)}}, "src")

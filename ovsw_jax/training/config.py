@@ -277,9 +277,12 @@ def _check_stage_values(config: ml_collections.ConfigDict, check) -> None:
         "--config.init_from=<the previous stage's workdir>") from None
   check(0 <= config.distill_weight <= 1, "distill_weight", "in [0, 1]")
   which = config.teacher_checkpoint
-  check(which in ("latest", "best") or (
-      isinstance(which, (int, np.integer)) and not isinstance(which, bool)
-      and which >= 0), "teacher_checkpoint",
+  # A step may come as a string from --config.teacher_checkpoint=1000.
+  check(which in ("latest", "best")
+        or (isinstance(which, str) and which.isdigit()) or (
+            isinstance(which, (int, np.integer))
+            and not isinstance(which, bool) and which >= 0),
+        "teacher_checkpoint",
         "'latest', 'best' or a step number >= 0")
   check(not (config.teacher_workdir and config.teacher_file), "teacher_file",
         "None when teacher_workdir is set (one teacher)")
