@@ -11,7 +11,8 @@ among our models: pass a workdir of ours or a converted .pth).
 """
 
 import ml_collections
-from ml_collections import config_dict
+
+from ovsw_jax.training import config as config_lib
 
 STAGES = ("stage1", "stage2")
 
@@ -39,5 +40,5 @@ def apply_stage(config: ml_collections.ConfigDict, stage: str
   else:
     config.weight_decay = 0.0
     # Required: training stage 2 without stage 1's weights is an error.
-    config.init_from = config_dict.required_placeholder(str)
+    config.init_from = config_lib.INIT_FROM_REQUIRED
   return config

@@ -175,6 +175,10 @@ def _stage_fields(config: ml_collections.ConfigDict) -> None:
   config.distill_weight = 1.0
 
 
+# What a later stage's recipe sets init_from to until the command line gives
+# the previous stage's workdir; `validate_config` refuses it.
+INIT_FROM_REQUIRED = "<required: the previous stage's workdir>"
+
 # The keys a config must have, exactly; defined by `default_config` alone.
 CONFIG_KEYS = frozenset(default_config().keys())
 
@@ -269,12 +273,9 @@ def _check_values(config: ml_collections.ConfigDict) -> None:
 
 def _check_stage_values(config: ml_collections.ConfigDict, check) -> None:
   """The staged-training and distillation fields."""
-  try:
-    config.init_from  # pylint: disable=pointless-statement
-  except config_dict.RequiredValueError:
-    raise ValueError(
-        "config.init_from is required by this recipe's later stage: pass "
-        "--config.init_from=<the previous stage's workdir>") from None
+  check(config.init_from != INIT_FROM_REQUIRED, "init_from",
+        "the previous stage's workdir: this recipe's later stage needs "
+        "--config.init_from=<that workdir>")
   check(0 <= config.distill_weight <= 1, "distill_weight", "in [0, 1]")
   which = config.teacher_checkpoint
   # A step may come as a string from --config.teacher_checkpoint=1000.
