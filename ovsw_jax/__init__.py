@@ -12,6 +12,7 @@ The public API, re-exported (`__all__`)::
   ovsw_jax.ReCUConv, recu.recu_tau                       # peer method: ReCU
   ovsw_jax.bop.bop, BopState                             # peer method: Bop
   ovsw_jax.read_metrics                                  # a run's records
+  ovsw_jax.summary(model, input_shape)                   # bit-aware summary
 
 and the submodules `ops`, `layers`, `models`, `masks`, `transforms`,
 `diagnostics`, `recu` and `bop`. The exact semantics are in
@@ -45,6 +46,8 @@ from ovsw_jax.ops import sign_ste
 from ovsw_jax.ops import ste_sign
 from ovsw_jax.ops import swish_sign
 from ovsw_jax.recu import ReCUConv
+# The function; `python -m ovsw_jax.summary` still runs the module.
+from ovsw_jax.summary import summary
 from ovsw_jax.transforms import adaptive_gradient_scaling
 from ovsw_jax.transforms import AdaptiveGradientScalingState
 from ovsw_jax.transforms import ags_diagnostics
@@ -82,6 +85,6 @@ __all__ = [
     "adaptive_gradient_scaling", "ags_diagnostics", "binary_kernel_mask",
     "binary_or_float", "has_ags_state", "has_sad_state", "ovsw",
     "sad_diagnostics", "silence_awareness_decay",
-    # A run's records.
-    "read_metrics",
+    # A run's records; a model's bit-aware summary.
+    "read_metrics", "summary",
 ]

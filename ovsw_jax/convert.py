@@ -25,6 +25,14 @@ bias in PyTorch (weight (out, in, 1, 1)), and VGG-small's ``fc`` reads
 features flattened in (C, H, W) order, where the Flax model flattens NHWC in
 (H, W, C) order, so its rows are permuted.
 
+ReActNet's models (``reactnet_a``, ``react_resnet18/34`` and their CIFAR
+variants) take liuzechun/ReActNet's step-2 state_dicts: ``feature.<i>`` for
+ReActNet-A's stem (0) and blocks, ``moveXY`` for the learnable shifts
+(``(1, C, 1, 1)``, our ``*_shift`` and RPReLU's ``shift_in``/``shift_out``),
+``prelu*`` for RPReLU's slopes, ReActNet-A's flat ``(O*I*kh*kw, 1)`` binary
+``weights``; a ReAct-ResNet's one-conv blocks ``layer<s>.<2b>`` and
+``.<2b+1>`` are our units ``layer<s>_<b>_a`` and ``_b`` (see `_react_key`).
+
 Ignored keys: BatchNorm ``num_batches_tracked`` and the SAD buffers
 ``weight_prev`` / ``tracker`` that the reference keeps in its binary convs
 (optimizer state, not model state).
@@ -105,9 +113,65 @@ def _torch_key(model_name: str, collection: str, path: tuple[str, ...],
   return f"{prefix}.{name}"
 
 
+_REACT_MODELS = ("reactnet_a", "reactnet_a_cifar", "react_resnet18",
+                 "react_resnet34", "react_resnet18_cifar")
+# ReActNet-A block (``feature.<i>``): Flax module path -> reference name.
+_REACTNET_A_BLOCK = {
+    ("binary_3x3_shift",): "move11", ("binary_pw_shift",): "move21",
+    ("rprelu1", "shift_in"): "move12", ("rprelu1",): "prelu1",
+    ("rprelu1", "shift_out"): "move13", ("rprelu2", "shift_in"): "move22",
+    ("rprelu2",): "prelu2", ("rprelu2", "shift_out"): "move23",
+}
+# ReAct-ResNet unit ``layer<s>_<b>_<a|b>_<part>`` -> reference name.
+_REACT_RESNET_UNIT = {
+    ("shift",): "move0", ("conv",): "binary_conv", ("bn",): "bn1",
+    ("downsample",): "downsample.1", ("downsample_bn",): "downsample.2",
+    ("rprelu", "shift_in"): "move1", ("rprelu",): "prelu",
+    ("rprelu", "shift_out"): "move2",
+}
+
+
+def _react_key(model_name: str, collection: str,
+               path: tuple[str, ...]) -> str:
+  """The reference key (liuzechun/ReActNet's step-2 models) of a leaf.
+
+  ReActNet-A's blocks are ``feature.<i + 1>`` (the stem is ``feature.0``);
+  a ReAct-ResNet's units ``layer<s>_<b>_a`` / ``_b`` are the reference's
+  one-conv blocks ``layer<s>.<2b>`` / ``.<2b + 1>``.
+  """
+  *modules, leaf = path
+  if collection == "batch_stats":
+    name = _BATCH_STATS[leaf]
+  elif leaf == layers.LATENT_KERNEL and model_name.startswith("reactnet_a"):
+    name = "weights"
+  elif leaf in ("kernel", layers.LATENT_KERNEL, "scale", "negative_slope"):
+    name = "weight"
+  else:
+    name = leaf
+  top, rest = modules[0], tuple(modules[1:])
+  if model_name.startswith("reactnet_a"):
+    if top.startswith("block"):
+      prefix = f"feature.{int(top[5:]) + 1}."
+      return prefix + _REACTNET_A_BLOCK.get(rest, ".".join(rest)) + "." + name
+    return (f"feature.0.{top}." if top in ("conv1", "bn1") else
+            f"{top}.") + name
+  if top.startswith("layer"):
+    stage, block, half, part = top.split("_", 3)
+    index = 2 * int(block) + (half == "b")
+    unit = _REACT_RESNET_UNIT[(part, *rest)]
+    return f"{stage}.{index}.{unit}.{name}"
+  return f"{top}.{name}"
+
+
 def _torch_shape(model_name: str, path: tuple[str, ...],
                  flax_shape: tuple[int, ...]) -> tuple[int, ...]:
   """The shape PyTorch stores a Flax leaf of ``flax_shape`` in."""
+  if model_name in _REACT_MODELS and path[-1] == "bias" and (
+      path[-2].endswith("_shift") or path[-2] in ("shift_in", "shift_out")):
+    return (1, flax_shape[0], 1, 1)  # LearnableBias
+  if (model_name.startswith("reactnet_a")
+      and path[-1] == layers.LATENT_KERNEL):
+    return (int(np.prod(flax_shape)), 1)  # HardBinaryConv's flat weights
   if len(flax_shape) == 4:  # HWIO -> OIHW
     h, w, i, o = flax_shape
     return (o, i, h, w)
@@ -121,6 +185,12 @@ def _torch_shape(model_name: str, path: tuple[str, ...],
 def _to_flax(model_name: str, path: tuple[str, ...], value: np.ndarray,
              flax_shape: tuple[int, ...]) -> np.ndarray:
   """Re-lays out a PyTorch array as the Flax leaf ``path``."""
+  if value.ndim != len(flax_shape) and len(flax_shape) != 2:
+    if len(flax_shape) == 4:  # ReActNet-A's flat (O*I*kh*kw, 1) weights
+      h, w, i, o = flax_shape
+      value = value.reshape(o, i, h, w)
+    else:  # LearnableBias (1, C, 1, 1)
+      return value.reshape(flax_shape)
   if len(flax_shape) == 4:
     return value.transpose(2, 3, 1, 0)  # OIHW -> HWIO
   if len(flax_shape) == 2:
@@ -171,8 +241,10 @@ def _leaves(model_name: str, variables: Mapping[str, Any]):
     flat = traverse_util.flatten_dict(variables.get(collection, {}))
     for path, leaf in flat.items():
       siblings = {p[-1] for p in flat if p[:-1] == path[:-1]}
-      yield (collection, path,
-             _torch_key(model_name, collection, path, siblings), leaf)
+      key = (_react_key(model_name, collection, path)
+             if model_name in _REACT_MODELS
+             else _torch_key(model_name, collection, path, siblings))
+      yield collection, path, key, leaf
 
 
 def convert_state_dict(model_name: str,

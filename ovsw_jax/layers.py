@@ -219,11 +219,23 @@ class _BinaryMixin:
 
   @property
   def exact_pm1_operands(self) -> bool:
-    """Whether the forward's operands are exactly +-1 (binarized activations,
-    built-in estimators), so that reading them in bfloat16 is exact."""
-    return bool(self.binarize_activations) and all(
+    """Whether the forward's operands are exactly +-1 (binarized activations
+    and weights, built-in estimators), so reading them in bfloat16 is exact."""
+    binary = self.binarize_activations and self.binarize_weights
+    return bool(binary) and all(
         _is_builtin_estimator(e)
         for e in (self.activation_estimator, self.weight_estimator))
+
+  def layer_weight(self, kernel: jax.Array, train: bool
+                   ) -> tuple[jax.Array, jax.Array]:
+    """``(binary_weight(w), weight_scale(w))``, or ``(w, 1)`` without
+    weight binarization (ReActNet's stage 1). The scale is computed either
+    way, so that both settings hold the same params (a learnable scale's
+    too) and one stage's checkpoint initialises the other."""
+    scale = self.weight_scale(kernel)
+    if not self.binarize_weights:
+      return kernel, jnp.ones_like(scale)
+    return self.binary_weight(kernel, train), scale
 
   def binarize_input(self, x: jax.Array, train: bool) -> jax.Array:
     """The layer's +-1 input (or ``x`` itself without binarization)."""
@@ -267,6 +279,8 @@ class BinaryConv(_BinaryMixin, nn.Module):
     activation_estimator: name in `ops.ESTIMATORS` or a callable.
     weight_estimator: name in `ops.ESTIMATORS` or a callable.
     binarize_activations: False gives a 1-bit-weight, float-activation layer.
+    binarize_weights: False convolves with the latent kernel itself, unscaled
+      (float weights, binary activations: ReActNet's stage 1).
     normalize_activations: per-sample normalisation before the activation
       estimator in training (docs/semantics.md, section 2).
     learnable_scale: a learnable per-channel scale instead of ``s_c``.
@@ -288,6 +302,7 @@ class BinaryConv(_BinaryMixin, nn.Module):
   activation_estimator: Union[str, ops.Estimator] = "approx_sign"
   weight_estimator: Union[str, ops.Estimator] = "sign_ste"
   binarize_activations: bool = True
+  binarize_weights: bool = True
   normalize_activations: bool = True
   learnable_scale: bool = False
   dtype: Optional[Dtype] = None
@@ -306,15 +321,15 @@ class BinaryConv(_BinaryMixin, nn.Module):
                         (*kernel_size, x.shape[-1], self.features),
                         self.param_dtype)
     # Params in the order of the checkpoints: kernel, then the scale's.
-    scale = self.weight_scale(kernel)
+    w_b, scale = self.layer_weight(kernel, train)
     dtype = self.dtype or x.dtype
     a_b = self.binarize_input(x, train).astype(dtype)
-    w_b = self.binary_weight(kernel, train).astype(dtype)
+    w_b = w_b.astype(dtype)
     padding = (torch_padding(kernel_size) if self.padding is None
                else self.padding)
-    # Float activations are not +-1: only binarized ones may be narrowed.
-    operand_dtype = (self.binary_operand_dtype
-                     if self.binarize_activations else None)
+    # Float operands are not +-1: only binarized ones may be narrowed.
+    operand_dtype = (self.binary_operand_dtype if self.binarize_activations
+                     and self.binarize_weights else None)
     y = binary_conv_general(a_b, w_b, self.strides, padding, operand_dtype)
     return y * scale.astype(y.dtype)
 
@@ -330,6 +345,7 @@ class BinaryDense(_BinaryMixin, nn.Module):
     activation_estimator: name in `ops.ESTIMATORS` or a callable.
     weight_estimator: name in `ops.ESTIMATORS` or a callable.
     binarize_activations: False gives a 1-bit-weight, float-activation layer.
+    binarize_weights: False multiplies by the latent kernel, unscaled.
     normalize_activations: per-sample normalisation in training.
     learnable_scale: a learnable per-feature scale instead of ``s_c``.
     dtype: compute dtype (None: the input's).
@@ -341,6 +357,7 @@ class BinaryDense(_BinaryMixin, nn.Module):
   activation_estimator: Union[str, ops.Estimator] = "approx_sign"
   weight_estimator: Union[str, ops.Estimator] = "sign_ste"
   binarize_activations: bool = True
+  binarize_weights: bool = True
   normalize_activations: bool = True
   learnable_scale: bool = False
   dtype: Optional[Dtype] = None
@@ -355,8 +372,8 @@ class BinaryDense(_BinaryMixin, nn.Module):
           f"{x.shape}; flatten with x.reshape(x.shape[0], -1) first.")
     kernel = self.param(LATENT_KERNEL, self.kernel_init,
                         (x.shape[-1], self.features), self.param_dtype)
+    w_b, scale = self.layer_weight(kernel, train)
     dtype = self.dtype or x.dtype
     a_b = self.binarize_input(x, train).astype(dtype)
-    w_b = self.binary_weight(kernel, train).astype(dtype)
-    y = a_b @ w_b
-    return y * self.weight_scale(kernel).astype(y.dtype)
+    y = a_b @ w_b.astype(dtype)
+    return y * scale.astype(y.dtype)

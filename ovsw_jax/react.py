@@ -7,7 +7,8 @@ channel by ``mean |w|``, with no gradient through the scale, and trains the
 latent kernel with the clipped straight-through estimator (gradient 1 inside
 ``|w| < 1``, exactly as the reference's ``HardBinaryConv``).
 
-`ReActConv` is a `layers.BinaryConv` that overrides its steps, as
+`RSign` is ``LearnableBias`` then the Bi-Real estimator. `ReActConv` is a
+`layers.BinaryConv` that overrides its steps, as
 `ovsw_jax.recu.ReCUConv` does (docs/semantics.md, section 2).
 
 References:
@@ -57,6 +58,26 @@ class LearnableBias(nn.Module):
     bias = self.param("bias", nn.initializers.zeros, (x.shape[-1],),
                       self.param_dtype)
     return x + bias.astype(x.dtype)
+
+
+class RSign(nn.Module):
+  """``sign(x + b)`` with a learnable per-channel ``b`` (ReActNet's RSign).
+
+  The forward is +-1 (0 -> +1); the backward is the Bi-Real estimator's
+  ``g * max(0, 2 - 2|x + b|)`` for the input and, summed over every axis but
+  the last, for ``b`` (`ops.approx_sign`). The models apply `LearnableBias`
+  and let the binary conv binarize (the same function, and the conv's
+  ``activation_estimator`` stays configurable); this module is RSign alone.
+
+  Attributes:
+    param_dtype: dtype of the bias (initialised to 0).
+  """
+
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return ops.approx_sign(LearnableBias(self.param_dtype, name="shift")(x))
 
 
 class RPReLU(nn.Module):

@@ -112,3 +112,50 @@ def test_linear_schedule_is_reactnets_lambda(granularity):
   config.lr_schedule = "step"
   with pytest.raises(ValueError, match="lr_schedule"):
     config_lib.validate_config(config)
+
+
+def _float64_case(seed, shape):
+  rng = np.random.default_rng(seed)
+  return rng.normal(size=shape), rng.normal(size=shape[-1]) * 0.3, (
+      rng.normal(size=shape))
+
+
+def test_rsign_forward_and_gradients_are_bireal_in_float64():
+  x, b, g = _float64_case(0, (4, 3, 5))
+  with jax.enable_x64(True):
+    rsign = react.RSign(param_dtype=jnp.float64)
+    f = lambda p, x: rsign.apply({"params": {"shift": {"bias": p}}}, x)
+    y = f(jnp.asarray(b), jnp.asarray(x))
+    gb, gx = jax.grad(lambda p, x: jnp.sum(f(p, x) * g), argnums=(0, 1))(
+        jnp.asarray(b), jnp.asarray(x))
+    assert y.dtype == jnp.float64 and gx.dtype == jnp.float64
+  z = x + b
+  np.testing.assert_array_equal(y, np.where(z >= 0, 1.0, -1.0))
+  # Bi-Real: d sign(z) / dz ~ 2 + 2z on [-1, 0), 2 - 2z on [0, 1), else 0.
+  dz = np.where((z >= -1) & (z < 0), 2 + 2 * z,
+                np.where((z >= 0) & (z < 1), 2 - 2 * z, 0.0))
+  np.testing.assert_allclose(gx, g * dz, rtol=1e-12, atol=1e-14)
+  np.testing.assert_allclose(gb, (g * dz).sum(axis=(0, 1)), rtol=1e-12,
+                             atol=1e-14)
+
+
+def test_rprelu_gradients_match_numpy_in_float64():
+  x, b1, g = _float64_case(1, (6, 4))
+  rng = np.random.default_rng(2)
+  slope, b2 = rng.uniform(0.1, 0.9, 4), rng.normal(size=4)
+  with jax.enable_x64(True):
+    module = react.RPReLU(param_dtype=jnp.float64)
+
+    def out(b1, slope, b2, x):
+      params = {"shift_in": {"bias": b1}, "negative_slope": slope,
+                "shift_out": {"bias": b2}}
+      return jnp.sum(module.apply({"params": params}, x) * g)
+
+    grads = jax.grad(out, argnums=(0, 1, 2, 3))(
+        *(jnp.asarray(v) for v in (b1, slope, b2, x)))
+  z = x + b1
+  dz = np.where(z >= 0, 1.0, slope)
+  want = ((g * dz).sum(0), (g * np.where(z >= 0, 0.0, z)).sum(0), g.sum(0),
+          g * dz)
+  for got, expected in zip(grads, want):
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-14)

@@ -182,6 +182,11 @@ class _Packer:
           f"layer {name!r} has binarize_activations=False (float "
           "activations): it has no XNOR-popcount form; export supports "
           "1-bit activations only")
+    if not getattr(module, "binarize_weights", True):
+      raise ValueError(
+          f"layer {name!r} has binarize_weights=False (float weights, e.g. "
+          "ReActNet's stage 1): export a run whose weights are binary (its "
+          "stage 2)")
     signs, scale = module.eval_signs_and_scale(_get(self.params, name))
     bn_mul, bn_add = self.folded_affine(name, signs.shape[-1])
     entry = {"in_features": int(signs.shape[-2])}

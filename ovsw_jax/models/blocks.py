@@ -138,6 +138,8 @@ class BinaryNet(nn.Module):
     learnable_scale: passed to every binary conv when not None.
     binary_operand_dtype: passed to every binary conv when not None (see
       `layers.BinaryConv`).
+    binarize_weights: passed to every binary conv when not None; False:
+      float weights, binary activations (ReActNet's stage 1).
   """
 
   num_classes: int
@@ -148,13 +150,15 @@ class BinaryNet(nn.Module):
   weight_estimator: Optional[Union[str, ops.Estimator]] = None
   learnable_scale: Optional[bool] = None
   binary_operand_dtype: Optional[Dtype] = None
+  binarize_weights: Optional[bool] = None
 
   def binary_conv(self, **kwargs: Any) -> ModuleDef:
     """``self.conv`` with the compute dtype and the binary options bound."""
     options = dict(activation_estimator=self.activation_estimator,
                    weight_estimator=self.weight_estimator,
                    learnable_scale=self.learnable_scale,
-                   binary_operand_dtype=self.binary_operand_dtype)
+                   binary_operand_dtype=self.binary_operand_dtype,
+                   binarize_weights=self.binarize_weights)
     options = {k: v for k, v in options.items() if v is not None}
     return functools.partial(self.conv, dtype=self.dtype, **options, **kwargs)
 

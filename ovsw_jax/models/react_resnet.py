@@ -27,10 +27,13 @@ class ReActResNet(blocks.BinaryNet):
   Attributes:
     stage_sizes: blocks per stage (widths 64, 128, 256, 512).
     cifar_stem: a 3x3 stride-1 stem without max pool, for 32x32 inputs.
+    width: the stem's and first stage's width (the reference's 64); the
+      stages double it. Smaller widths are for CPU-scale studies.
   """
 
   stage_sizes: Sequence[int] = (2, 2, 2, 2)
   cifar_stem: bool = False
+  width: int = 64
   conv: blocks.ModuleDef = react.ReActConv
 
   def _unit(self, x, features, stride, train, name):
@@ -52,11 +55,11 @@ class ReActResNet(blocks.BinaryNet):
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     x = self.check_input(x)
     if self.cifar_stem:
-      x = self.float_conv()(64, (3, 3), padding=((1, 1), (1, 1)),
+      x = self.float_conv()(self.width, (3, 3), padding=((1, 1), (1, 1)),
                             name="conv1")(x)
       x = self.norm(train)(name="bn1")(x)
     else:
-      x = self.float_conv()(64, (7, 7), strides=(2, 2),
+      x = self.float_conv()(self.width, (7, 7), strides=(2, 2),
                             padding=((3, 3), (3, 3)), name="conv1")(x)
       x = self.norm(train)(name="bn1")(x)
       x = blocks.max_pool_torch(x, 3, 2, padding=1)
@@ -64,8 +67,9 @@ class ReActResNet(blocks.BinaryNet):
       for block in range(size):
         stride = 2 if stage > 0 and block == 0 else 1
         name = f"layer{stage + 1}_{block}"
-        x = self._unit(x, 64 * 2**stage, stride, train, f"{name}_a")
-        x = self._unit(x, 64 * 2**stage, 1, train, f"{name}_b")
+        features = self.width * 2**stage
+        x = self._unit(x, features, stride, train, f"{name}_a")
+        x = self._unit(x, features, 1, train, f"{name}_b")
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dense(self.num_classes, dtype=self.dtype,
                  kernel_init=blocks.torch_linear_init(), name="fc")(x)

@@ -89,6 +89,7 @@ class ReActNetA(blocks.BinaryNet):
                      activation_estimator=self.activation_estimator,
                      weight_estimator=self.weight_estimator,
                      binary_operand_dtype=self.binary_operand_dtype,
+                     binarize_weights=self.binarize_weights,
                      inplanes=inp, planes=oup, stride=stride, train=train,
                      name=f"block{i - 1}")(x)
     x = jnp.mean(x, axis=(1, 2))

@@ -19,7 +19,7 @@ def default_config() -> ml_collections.ConfigDict:
   """The defaults: OvSW on CIFAR-10 with the reference's CIFAR recipe."""
   config = ml_collections.ConfigDict()
   for fields in (_model_fields, _data_fields, _method_fields,
-                 _schedule_fields, _run_fields):
+                 _schedule_fields, _run_fields, _stage_fields):
     fields(config)
   return config
 
@@ -74,7 +74,8 @@ def _method_fields(config: ml_collections.ConfigDict) -> None:
   # EDE's (k, t) set per epoch), 'rbnn' (RBNN convs, rotations refitted per
   # epoch), 'adabin' (AdaBin convs and Maxout). Combine freely, e.g.
   # 'irnet+ovsw', 'rbnn+ovsw', 'adabin+ovsw',
-  # 'recu+ovsw', 'recu+ags', 'recu+sad', 'lars+sad'.
+  # 'recu+ovsw', 'recu+ags', 'recu+sad', 'lars+sad'. 'adam': wd + Adam in
+  # SGD's place (ReActNet's recipe), e.g. 'ovsw+adam'.
   config.method = "ovsw"
   config.momentum = 0.9           # SGD momentum (no Nesterov)
   config.weight_decay = 5e-4
@@ -166,6 +167,32 @@ def _run_fields(config: ml_collections.ConfigDict) -> None:
   config.profile_steps = 0
 
 
+def _stage_fields(config: ml_collections.ConfigDict) -> None:
+  """Staged training and distillation (ReActNet's two-stage recipe)."""
+  # --- Stages / distillation -------------------------------------------------
+  # A previous stage's workdir: a new run (no checkpoint of its own yet)
+  # starts from that workdir's latest params and batch_stats, with a fresh
+  # optimizer state. Its config.json must build the same parameter tree
+  # (e.g. stage 1's model_options.binarize_weights=False). None: from init.
+  config.init_from = config_dict.placeholder(str)
+  # The teacher of the distribution loss: a workdir of ours (its config.json
+  # names the model) at teacher_checkpoint ('latest', 'best' or a step), or a
+  # reference .pth (teacher_file, converted by ovsw_jax.convert) of model
+  # teacher_model. None for both: no teacher.
+  config.teacher_workdir = config_dict.placeholder(str)
+  config.teacher_checkpoint = "latest"
+  config.teacher_file = config_dict.placeholder(str)
+  config.teacher_model = config_dict.placeholder(str)
+  # With a teacher, loss = (1 - w) * cross-entropy + w * distribution loss
+  # (ReActNet's KD_loss: -sum softmax(teacher) * log_softmax(student)); 1.0
+  # is ReActNet's recipe (the teacher's soft labels alone).
+  config.distill_weight = 1.0
+
+
+# What a later stage's recipe sets init_from to until the command line gives
+# the previous stage's workdir; `validate_config` refuses it.
+INIT_FROM_REQUIRED = "<required: the previous stage's workdir>"
+
 # The keys a config must have, exactly; defined by `default_config` alone.
 CONFIG_KEYS = frozenset(default_config().keys())
 
@@ -253,6 +280,7 @@ def _check_values(config: ml_collections.ConfigDict) -> None:
         "in (0.5, 1] (ReCU: 0.85)")
   check(config.recu_tau_min <= config.recu_tau_max <= 1, "recu_tau_max",
         f"in [recu_tau_min={config.recu_tau_min}, 1] (ReCU: 0.99)")
+  _check_stage_values(config, check)
   check(0 < config.irnet_t_min <= config.irnet_t_max, "irnet_t_max",
         f"in [irnet_t_min={config.irnet_t_min}, inf) with irnet_t_min > 0 "
         "(IR-Net: 0.1 and 10)")
@@ -265,3 +293,24 @@ def _check_values(config: ml_collections.ConfigDict) -> None:
   check(0 < config.adabin_t_min <= config.adabin_t_max, "adabin_t_max",
         f"in [adabin_t_min={config.adabin_t_min}, inf) with adabin_t_min > 0"
         " (AdaBin: 0.001 and 10)")
+
+
+def _check_stage_values(config: ml_collections.ConfigDict, check) -> None:
+  """The staged-training and distillation fields."""
+  check(config.init_from != INIT_FROM_REQUIRED, "init_from",
+        "the previous stage's workdir: this recipe's later stage needs "
+        "--config.init_from=<that workdir>")
+  check(0 <= config.distill_weight <= 1, "distill_weight", "in [0, 1]")
+  which = config.teacher_checkpoint
+  # A step may come as a string from --config.teacher_checkpoint=1000.
+  check(which in ("latest", "best")
+        or (isinstance(which, str) and which.isdigit()) or (
+            isinstance(which, (int, np.integer))
+            and not isinstance(which, bool) and which >= 0),
+        "teacher_checkpoint",
+        "'latest', 'best' or a step number >= 0")
+  check(not (config.teacher_workdir and config.teacher_file), "teacher_file",
+        "None when teacher_workdir is set (one teacher)")
+  check(not config.teacher_file or bool(config.teacher_model),
+        "teacher_model", "a model name with teacher_file (e.g. "
+        "'resnet34_1w1a'), to convert the file's state_dict")

@@ -25,7 +25,7 @@ from ovsw_jax import layers
 
 # The model options that decide whether a binary conv's operands are +-1.
 _CONV_OPTIONS = ("activation_estimator", "weight_estimator",
-                 "binarize_activations")
+                 "binarize_activations", "binarize_weights")
 
 # The CPU fast path: XLA options for the jitted train and eval steps, on CPU
 # only. jaxlib 0.10's XLA:CPU hands convolutions and dots to YNNPACK and

@@ -26,6 +26,7 @@ from ovsw_jax import data
 from ovsw_jax import diagnostics
 from ovsw_jax.data import device_normalize
 from ovsw_jax.training import checkpointing
+from ovsw_jax.training import distill
 from ovsw_jax.training import guards
 from ovsw_jax.training import config as config_lib
 from ovsw_jax.training import mesh as mesh_lib
@@ -36,6 +37,7 @@ from ovsw_jax.training import restart
 from ovsw_jax.training import schedules
 from ovsw_jax.training import state as state_lib
 from ovsw_jax.training import steps as steps_lib
+from ovsw_jax.training import warm_start
 from ovsw_jax.training import workdir as workdir_lib
 from ovsw_jax.training.experiment import create_experiment
 from ovsw_jax.training.experiment import Experiment
@@ -161,6 +163,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       return _evaluate_only(config, experiment, manager, mesh, run_eval,
                             writer)
     state, step = _initial_state(config, experiment, manager, mesh, workdir)
+    state = state.replace(teacher=distill.load_teacher(
+        config, experiment.info.num_classes, mesh))
     if is_chief:
       workdir_lib.write_config(config, workdir)
     writer = metrics_io.MetricsWriter(workdir, enabled=is_chief,
@@ -192,8 +196,9 @@ def _initial_state(config, experiment, manager, mesh, workdir
                    ) -> tuple[state_lib.TrainState, int]:
   """The latest readable checkpoint's state, or a new one at step 0.
 
-  Step 0 in a workdir holding an earlier run's record needs
-  ``config.restart_from_scratch`` (`restart.check_fresh_start`).
+  A new one starts from ``config.init_from``'s params and batch_stats when
+  set (a later stage). Step 0 in a workdir holding an earlier run's record
+  needs ``config.restart_from_scratch`` (`restart.check_fresh_start`).
   """
   abstract = _abstract_state(experiment, config, mesh)
   restored = checkpointing.restore(manager,
@@ -204,6 +209,9 @@ def _initial_state(config, experiment, manager, mesh, workdir
     state = state_lib.create_train_state(
         experiment.model, experiment.tx, experiment.info.image_shape,
         config.seed, mesh, experiment.model_state_fn)
+    if config.init_from:
+      state = warm_start.initialise_from(state, config.init_from,
+                                         experiment.tx, mesh)
     return state, 0
   items, meta, step = restored
   logging.info("Resuming from the checkpoint at step %d (data position %d).",

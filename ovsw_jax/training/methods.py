@@ -262,6 +262,24 @@ def _irnet(config):
 register_method("irnet", "model", _irnet)
 
 
+def _adam(config, learning_rate_fn):
+  """ReActNet's optimizer: L2 weight decay (masked as configured) added to
+  the gradient, then Adam (torch's defaults: b1 0.9, b2 0.999, eps 1e-8).
+
+  torch's ``Adam(weight_decay=...)`` adds ``wd * w`` to the gradient before
+  its moments, as here (not AdamW's decoupled decay). Gradient parts (AGS,
+  SAD) come before it: 'ovsw+adam' is OvSW's transforms in front of Adam.
+  """
+  decay = optax.add_decayed_weights(config.weight_decay)
+  mask = weight_decay_mask(config)
+  if mask is not None:
+    decay = optax.masked(decay, mask)
+  return [decay, optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-8),
+          optax.scale_by_learning_rate(learning_rate_fn)]
+
+
+register_method("adam", "optimizer", _adam)
+
 
 def create_optimizer(config: ml_collections.ConfigDict,
                      learning_rate_fn: optax.Schedule

@@ -31,6 +31,9 @@ class TrainState(train_state.TrainState):
       ``{'recu': ...}`` (ReCU's tau); ``{}`` for most models. Passed to every
       ``apply``, never mutated by it.
     rng: the run's PRNG key.
+    teacher: None, or the frozen `ovsw_jax.training.distill.Teacher` whose
+      logits the train step's loss distils; never checkpointed (a run
+      attaches it after restoring, from its config).
     model_state_fn: static; None or the method's schedule of
       ``model_state`` (see `create_model_state_fn`), applied by `train_step`
       before each forward pass.
@@ -38,6 +41,7 @@ class TrainState(train_state.TrainState):
   batch_stats: Any = None
   model_state: Any = None
   rng: jax.Array = None
+  teacher: Any = None
   model_state_fn: Optional[ModelStateFn] = struct.field(
       pytree_node=False, default=None)
 

@@ -18,6 +18,7 @@ import optax
 
 from ovsw_jax import transforms
 from ovsw_jax.training import cpu_fast_path as fast_path_lib
+from ovsw_jax.training import distill
 from ovsw_jax.training import mesh as mesh_lib
 from ovsw_jax.training.state import TrainState
 
@@ -60,8 +61,12 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array],
   ``input_fn`` maps the batch's images to the model's input first (e.g.
   `data.device_normalize.normalizer` for uint8 batches).
 
+  With ``state.teacher`` the loss is `distill.training_loss`'s: the
+  teacher's eval-mode logits, from its frozen variables, enter the loss.
+
   Returns:
     The new state and scalar metrics: loss, top1, top5, lr (of this step),
+    distill_loss with a teacher,
     from the optimizer state ags_ratio and silent_fraction when the method
     has them, and those of ``state.model_state_fn`` (recu_tau with 'recu').
   """
@@ -71,6 +76,8 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array],
   if state.model_state_fn is not None:
     model_state, model_metrics = state.model_state_fn(
         model_state, state.step, state.params)
+  teacher = state.teacher
+  teacher_logits = None if teacher is None else teacher.logits(images)
 
   def loss_fn(params):
     logits, updates = state.apply_fn(
@@ -78,11 +85,12 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array],
         images, train=True, mutable=["batch_stats"],
         rngs={"dropout": step_key})
     logits = logits.astype(jnp.float32)
-    loss = optax.softmax_cross_entropy_with_integer_labels(
-        logits, batch["label"]).mean()
-    return loss, (logits, updates["batch_stats"])
+    loss, loss_metrics = distill.training_loss(
+        logits, batch["label"], teacher_logits,
+        None if teacher is None else teacher.weight)
+    return loss, (logits, updates["batch_stats"], loss_metrics)
 
-  (loss, (logits, batch_stats)), grads = jax.value_and_grad(
+  (loss, (logits, batch_stats, loss_metrics)), grads = jax.value_and_grad(
       loss_fn, has_aux=True)(state.params)
   new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
   if state.model_state_fn is not None:
@@ -93,6 +101,7 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array],
       "top5": _topk_correct(logits, batch["label"], 5).mean(),
       "lr": jnp.asarray(learning_rate_fn(state.step), jnp.float32),
       **{k: jnp.asarray(v, jnp.float32) for k, v in model_metrics.items()},
+      **loss_metrics,
   }
   # Only the scalar summaries; per-layer values are read at log time.
   for has, fn, key in (

@@ -1,0 +1,28 @@
+"""ImageNet-1K, ReActNet-A with OvSW, ReActNet's two stages.
+
+    python train.py --config=configs/imagenet_reactnet_a.py:stage1 \\
+        --workdir=runs/reacta_s1 --config.teacher_workdir=<teacher>
+    python train.py --config=configs/imagenet_reactnet_a.py:stage2 \\
+        --workdir=runs/reacta_s2 --config.init_from=runs/reacta_s1 \\
+        --config.teacher_workdir=<teacher>
+
+docs/semantics.md, section 7 for OvSW's ImageNet hyperparameters; the stages
+are configs/react_stages.py's.
+"""
+
+from configs import default
+from configs import react_stages
+
+
+def get_config(stage: str = "stage1"):
+  """Adam lr 5e-4, linear decay, batch 256, 256 epochs a stage, OvSW's AGS
+  and SAD in front of Adam (delta 0.01, lambda 2e-5)."""
+  config = default.get_config()
+  config.model = "reactnet_a"
+  config.dataset = "imagenet2012"
+  config.method = "ovsw+adam"
+  config.batch_size = 256
+  config.num_epochs = 256
+  config.delta = 0.01
+  config.dampen_weight = 2e-5
+  return react_stages.apply_stage(config, stage)

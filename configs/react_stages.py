@@ -1,0 +1,44 @@
+"""ReActNet's two-stage recipe, shared by the ReActNet configs.
+
+Stage 1 trains binary activations with float weights from scratch
+(``binarize_weights=False``, weight decay 1e-5); stage 2 binarizes the
+weights too and starts from stage 1's workdir (``init_from``, required; weight
+decay 0). Both use Adam at lr 5e-4 with a per-epoch linear decay to 0 and no
+warmup, decay only on conv/dense kernels (the reference's ``train.py``), and
+distil from a teacher when one is given (``teacher_workdir`` or
+``teacher_file``; the reference's teacher is a float ResNet-34, which is not
+among our models: pass a workdir of ours or a converted .pth).
+"""
+
+import ml_collections
+
+from ovsw_jax.training import config as config_lib
+
+STAGES = ("stage1", "stage2")
+
+
+def apply_stage(config: ml_collections.ConfigDict, stage: str
+                ) -> ml_collections.ConfigDict:
+  """Sets ReActNet's recipe for ``stage`` ('stage1' or 'stage2') on config.
+
+  Raises:
+    ValueError: an unknown stage, naming the valid ones.
+  """
+  if stage not in STAGES:
+    raise ValueError(
+        f"stage {stage!r}: expected one of {list(STAGES)}, as in "
+        "--config=configs/<recipe>.py:stage1")
+  config.learning_rate = 5e-4
+  config.lr_schedule = "linear"
+  config.lr_schedule_granularity = "epoch"
+  config.warmup_epochs = 0
+  config.weight_decay_on_1d = False
+  config.distill_weight = 1.0
+  if stage == "stage1":
+    config.model_options.binarize_weights = False
+    config.weight_decay = 1e-5
+  else:
+    config.weight_decay = 0.0
+    # Required: training stage 2 without stage 1's weights is an error.
+    config.init_from = config_lib.INIT_FROM_REQUIRED
+  return config
