@@ -89,31 +89,3 @@ def persistent_compile_cache(tmp_path_factory):
 _CACHE_ENV = ("JAX_COMPILATION_CACHE_DIR",
               "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
               "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES")
-
-# Fixtures too costly to build once per pytest-xdist worker: every test using
-# one runs on the same worker (pytest.ini: --dist loadgroup).
-_SHARED_SESSION_FIXTURES = ("cifar10_run",)
-
-
-# Before xdist's own hook, which reads the marks into the test ids.
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items):
-  """Keeps the users of an expensive fixture on one xdist worker.
-
-  Tests of a module with a module-scoped fixture form one group (the fixture
-  then runs once, not once per worker), as do the users of each fixture in
-  `_SHARED_SESSION_FIXTURES`.
-  """
-  for item in items:
-    info = getattr(item, "_fixtureinfo", None)
-    if info is None:
-      continue
-    group = None
-    for name, defs in info.name2fixturedefs.items():
-      if name in _SHARED_SESSION_FIXTURES:
-        group = name
-        break
-      if defs and defs[-1].scope == "module":
-        group = item.module.__name__
-    if group is not None:
-      item.add_marker(pytest.mark.xdist_group(group))

@@ -29,6 +29,7 @@ from ovsw_jax.deploy import format as packed_format
 from ovsw_jax.deploy import infer
 from ovsw_jax.training import loop
 from ovsw_jax.training import methods
+from ovsw_jax.training import workdir as workdir_lib
 
 
 def pm1(x):
@@ -314,6 +315,18 @@ def _float_activation_conv():
 # ---------------------------------------------------------------------------
 # A trained cResNet20 on the real CIFAR-10 test set, through the CLIs
 # ---------------------------------------------------------------------------
+
+
+def test_real_cifar10_learns_and_counts_10000_test_images(cifar10_run):
+  # The run itself is conftest's cifar10_run, shared with the packed test
+  # below (one file: pytest-xdist builds it once).
+  config, workdir, result = cifar10_run
+  assert result["eval_count"] == 10_000
+  assert result["eval_top1"] > 0.2, result  # Chance: 0.1 (+-0.003).
+  # The run's config is kept beside its checkpoints (for ovsw_jax.export).
+  with open(os.path.join(workdir, workdir_lib.CONFIG_FILE)) as f:
+    saved = json.load(f)
+  assert saved == json.loads(config.to_json_best_effort())
 
 
 def test_packed_cresnet20_predicts_like_the_float_eval_on_cifar10(
