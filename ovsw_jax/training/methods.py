@@ -27,7 +27,6 @@ import ml_collections
 import optax
 
 from ovsw_jax import bop
-from ovsw_jax import irnet
 from ovsw_jax import masks
 from ovsw_jax import models
 from ovsw_jax import recu
@@ -242,24 +241,6 @@ register_method("ovsw", "alias", expands_to=("ags", "sad"))
 register_method("lars", "gradient", _lars)
 register_method("bop", "optimizer", _bop)
 register_method("recu", "model", _recu)
-
-
-def _irnet(config):
-  """IR-Net convs (`ovsw_jax.irnet.IRNetConv`), EDE's (k, t) set per epoch."""
-
-  def update(model_state, epoch, num_epochs):
-    k, t = irnet.ede_schedule(epoch, num_epochs, config.irnet_t_min,
-                              config.irnet_t_max)
-    ede = irnet.set_ede(model_state[irnet.EDE_COLLECTION], k, t)
-    return ({**model_state, irnet.EDE_COLLECTION: ede},
-            {"irnet_k": k, "irnet_t": t})
-
-  k, t = irnet.ede_schedule(0, 1, config.irnet_t_min, config.irnet_t_max)
-  conv = functools.partial(irnet.IRNetConv, k_init=k, t_init=t)
-  return ModelChange(options={"conv": conv}, update=update)
-
-
-register_method("irnet", "model", _irnet)
 
 
 def _adam(config, learning_rate_fn):
