@@ -171,7 +171,7 @@ def evaluate_command(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
 
   Args:
     argv: the flags (``--packed``, ``--dataset``, ``--data_dir``,
-      ``--batch_size``), without the program name.
+      ``--batch_size``, ``--logits_out``), without the program name.
 
   Returns:
     ``{'packed', 'model', 'dataset', 'top1', 'count', 'images_per_sec',
@@ -186,6 +186,9 @@ def evaluate_command(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                       "with scikit-learn: the quickstart's), synthetic")
   parser.add_argument("--data_dir", default=None)
   parser.add_argument("--batch_size", type=int, default=500)
+  parser.add_argument("--logits_out", default=None,
+                      help="also write every image's logits here (.npy, "
+                      "N x classes float32, in the eval split's order)")
   args = parser.parse_args(argv)
   packed = format_lib.load(args.packed)
   expected = tuple(packed.image_shape)
@@ -197,7 +200,10 @@ def evaluate_command(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         f"has {'x'.join(map(str, got))} images; pass the dataset it was "
         f"trained on (--dataset={packed.header.get('metadata', {}).get('dataset', '...')})")
   result = infer.evaluate(packed, args.dataset, args.data_dir,
-                          args.batch_size)
+                          args.batch_size,
+                          keep_logits=args.logits_out is not None)
+  if args.logits_out is not None:
+    np.save(args.logits_out, result["logits"])
   out = {"packed": args.packed, "model": packed.header["model"],
          "dataset": args.dataset, "top1": result["top1"],
          "count": result["count"],
