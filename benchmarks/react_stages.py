@@ -20,12 +20,17 @@ for ``<method>`` in 'adam' and 'ovsw+adam'. No teacher: the reference's float
 ResNet-34 is not among our models, and distilling from a run of ours would
 add a third training per seed. Runs resume: rerunning skips finished ones.
 The JSON holds each run's per-epoch eval top-1 and the final top-1 (mean and
-std over seeds per arm); the PNG next to it plots them.
+std over seeds per arm), and the paper's two claims as differences of means
+(``effects``: two-stage minus one-stage, OvSW minus plain Adam); the PNG next
+to it plots the curves. Seeds can run side by side, one process each
+(``--seeds=0 --out=s0.json`` and ``--seeds=1 --out=s1.json``), then
+``--merge=s0.json,s1.json --out=...`` combines them.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from pathlib import Path
 import sys
@@ -101,6 +106,49 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
                 "n": len(v), "values": v} for arm, v in arms.items()}
 
 
+def effects(arms: dict[str, Any]) -> dict[str, Any]:
+  """The paper's two claims as differences of mean final top-1.
+
+  ``two_stage_minus_one_stage/<method>`` (ReActNet: two-stage is better)
+  and ``ovsw_minus_adam/<scheme>`` (OvSW: better with it), each with the
+  seeds' values and whether every seed agrees in sign.
+  """
+  out = {}
+
+  def diff(name, a, b):
+    if a in arms and b in arms:
+      per_seed = [x - y for x, y in zip(arms[a]["values"], arms[b]["values"])]
+      out[name] = {"mean": arms[a]["mean"] - arms[b]["mean"],
+                   "per_seed": per_seed,
+                   "same_sign_every_seed": bool(
+                       all(d > 0 for d in per_seed)
+                       or all(d < 0 for d in per_seed))}
+
+  for method in METHODS:
+    diff(f"two_stage_minus_one_stage/{method}", f"two_stage/{method}",
+         f"one_stage/{method}")
+  for scheme in SCHEMES:
+    diff(f"ovsw_minus_adam/{scheme}", f"{scheme}/ovsw+adam", f"{scheme}/adam")
+  return out
+
+
+def merge(paths: list[str]) -> dict[str, Any]:
+  """One result from several invocations' JSON files (say, one per seed, run
+  side by side); their arguments must agree but for ``--seeds``."""
+  parts = [json.loads(Path(p).read_text()) for p in paths]
+  args = [{k: v for k, v in part["args"].items()
+           if k not in ("seeds", "out", "merge")} for part in parts]
+  for path, a in zip(paths[1:], args[1:]):
+    if a != args[0]:
+      raise ValueError(f"{path} was run with {a}, {paths[0]} with {args[0]}; "
+                       "merge only runs of one setting")
+  runs = sorted((r for part in parts for r in part["runs"]),
+                key=lambda r: (r["seed"], r["scheme"], r["method"]))
+  return {"commands": [part["command"] for part in parts],
+          "args": args[0], "seeds": sorted({r["seed"] for r in runs}),
+          "machines": [part["machine"] for part in parts], "runs": runs}
+
+
 def plot(runs: list[dict[str, Any]], path: Path) -> None:
   """Eval top-1 per epoch, one line per run (colour: arm)."""
   import matplotlib  # pylint: disable=g-import-not-at-top
@@ -133,25 +181,37 @@ def main(argv: Optional[list[str]] = None) -> int:
   parser.add_argument("--batch_size", type=int, default=64)
   parser.add_argument("--dataset", default="digits")
   parser.add_argument("--methods", default=",".join(METHODS))
+  parser.add_argument("--merge", default=None,
+                      help="comma-separated JSON files of earlier runs "
+                      "(e.g. one per seed) to combine into --out; trains "
+                      "nothing")
   args = parser.parse_args(argv)
-  if args.epochs < 2:
-    parser.error(f"--epochs={args.epochs}: two stages need at least 2")
-  runs = []
-  for seed in (int(s) for s in args.seeds.split(",")):
-    for scheme in SCHEMES:
-      for method in args.methods.split(","):
-        runs.append(run_arm(scheme, method, seed, args))
-        print(f"{scheme}/{method} seed {seed}: top-1 "
-              f"{runs[-1]['final_eval_top1']:.4f} "
-              f"({runs[-1]['wall_s']:.0f} s)", flush=True)
-  result = {"command": " ".join(sys.argv), "args": vars(args),
-            "machine": machine.machine_info(), "runs": runs,
-            "arms": aggregate(runs)}
+  if args.merge:
+    result = merge(args.merge.split(","))
+    runs = result["runs"]
+  else:
+    if args.epochs < 2:
+      parser.error(f"--epochs={args.epochs}: two stages need at least 2")
+    runs = []
+    for seed in (int(s) for s in args.seeds.split(",")):
+      for scheme in SCHEMES:
+        for method in args.methods.split(","):
+          runs.append(run_arm(scheme, method, seed, args))
+          print(f"{scheme}/{method} seed {seed}: top-1 "
+                f"{runs[-1]['final_eval_top1']:.4f} "
+                f"({runs[-1]['wall_s']:.0f} s)", flush=True)
+    result = {"command": " ".join(sys.argv), "args": vars(args),
+              "machine": machine.machine_info(), "runs": runs}
+  result["arms"] = aggregate(runs)
+  result["effects"] = effects(result["arms"])
   results.write_json(results.to_json(result), args.out)
   if args.out:
     plot(runs, Path(args.out).with_suffix(".png"))
   for arm, v in result["arms"].items():
     print(f"{arm}: {v['mean']:.4f} +- {v['std']:.4f} (n={v['n']})")
+  for name, v in result["effects"].items():
+    print(f"{name}: {v['mean']:+.4f} (per seed "
+          f"{', '.join(f'{d:+.4f}' for d in v['per_seed'])})")
   return 0
 
 
