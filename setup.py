@@ -1,10 +1,46 @@
 """ovsw_jax: OvSW (ECCV 2024) binary neural networks in JAX, Flax and optax."""
 
+import importlib.util
 from pathlib import Path
+import platform
 
-from setuptools import find_packages, setup
+from setuptools import Extension, find_packages, setup
+from setuptools.command.build_ext import build_ext
 
 README = Path(__file__).parent / "README.md"
+
+
+def xnor_kernel() -> list[Extension]:
+  """The native XNOR-popcount conv (ovsw_jax/deploy/csrc), built against
+  jaxlib's XLA FFI headers (pyproject.toml puts jaxlib in the build env).
+
+  Optional: without a C++ compiler (or jaxlib) the install goes on, and
+  inference uses the pure-JAX kernel (`ovsw_jax.deploy.native`).
+  """
+  spec = importlib.util.find_spec("jaxlib")
+  if spec is None or not spec.submodule_search_locations:
+    print("ovsw_jax: jaxlib is not in the build environment; the native "
+          "XNOR kernel is not built (inference uses the JAX kernel)")
+    return []
+  include = Path(list(spec.submodule_search_locations)[0]) / "include"
+  args = ["-O3", "-std=c++17", "-fno-strict-aliasing",
+          # XLA's FFI headers warn under -Wall; the kernel's code does not.
+          "-Wno-attributes", "-Wno-return-type"]
+  if platform.machine() in ("aarch64", "arm64"):
+    args.append("-mcpu=native")  # NEON is baseline; tune for the host.
+  return [Extension("ovsw_jax.deploy._xnor_kernel",
+                    ["ovsw_jax/deploy/csrc/xnor_conv.cc"],
+                    include_dirs=[str(include)], language="c++",
+                    extra_compile_args=args, optional=True)]
+
+
+class BuildLibrary(build_ext):
+  """Builds the kernel as a plain shared library, loaded through ctypes (it
+  has no Python module init)."""
+
+  def get_export_symbols(self, ext):
+    return []
+
 
 setup(
     name="ovsw_jax",
@@ -17,6 +53,8 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["ovsw_jax", "ovsw_jax.*"]),
+    ext_modules=xnor_kernel(),
+    cmdclass={"build_ext": BuildLibrary},
     install_requires=[
         "jax>=0.5.0",
         "flax>=0.10.0",

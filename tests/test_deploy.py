@@ -27,6 +27,7 @@ from ovsw_jax.deploy import cli
 from ovsw_jax.deploy import export
 from ovsw_jax.deploy import format as packed_format
 from ovsw_jax.deploy import infer
+from ovsw_jax.deploy import native
 from ovsw_jax.training import loop
 from ovsw_jax.training import methods
 from ovsw_jax.training import workdir as workdir_lib
@@ -174,6 +175,9 @@ def test_packed_model_reproduces_the_float_eval(name, tmp_path):
   got = np.asarray(infer.make_predict_fn(loaded)(images))
   assert np.all(rel_err(got, ref) <= 1e-5), rel_err(got, ref)
   np.testing.assert_array_equal(got.argmax(-1), ref.argmax(-1))
+  if native.available():  # 'auto' ran the native kernel: JAX's is identical.
+    np.testing.assert_array_equal(
+        np.asarray(infer.make_predict_fn(loaded, "jax")(images)), got)
 
   # Every binary layer is packed, none of its latent weights stored.
   binary = {p for p, e in loaded.header["layers"].items()

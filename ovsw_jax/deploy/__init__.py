@@ -1,6 +1,8 @@
 """Deployment: trained model -> packed 1-bit file -> XNOR-popcount inference.
 
 * `bitpack`: sign packing, XNOR-popcount conv and dense (JAX);
+* `native`: the C++ XNOR-popcount conv behind XLA's FFI, built at install
+  when a C++ compiler is present (`infer` uses it on CPU where it is);
 * `export`: `export_model`, a model and its variables -> `PackedModel`;
 * `format`: the packed file, format v1 (`PackedModel`, `save`, `load`);
 * `infer`: `apply`, `make_predict_fn`, `evaluate` of a packed model;
@@ -22,6 +24,7 @@ from ovsw_jax.deploy import bitpack
 from ovsw_jax.deploy import export
 from ovsw_jax.deploy import format  # pylint: disable=redefined-builtin
 from ovsw_jax.deploy import infer
+from ovsw_jax.deploy import native
 from ovsw_jax.deploy.export import export_model
 from ovsw_jax.deploy.format import load
 from ovsw_jax.deploy.format import PackedFormatError
@@ -34,5 +37,5 @@ from ovsw_jax.deploy.infer import make_predict_fn
 __all__ = [
     "PackedFormatError", "PackedModel", "apply", "bitpack", "evaluate",
     "export", "export_model", "format", "infer", "load", "make_predict_fn",
-    "save",
+    "native", "save",
 ]

@@ -8,7 +8,7 @@ functions. Run as ``python -m ovsw_jax.deploy <command>`` (`__main__`)::
       [--checkpoint=latest|best|<step>] [--float_dtype=float32|float16] \
       [--config=configs/cifar10_resnet20.py]
   python -m ovsw_jax.deploy evaluate --packed=/tmp/r20.npz --dataset=cifar10 \
-      [--data_dir=...] [--batch_size=500]
+      [--data_dir=...] [--batch_size=500] [--backend=auto|native|jax]
 
 Each prints one JSON line: the export's sizes and step, or the packed
 model's top-1 and speed on the dataset's eval split.
@@ -171,11 +171,13 @@ def evaluate_command(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
 
   Args:
     argv: the flags (``--packed``, ``--dataset``, ``--data_dir``,
-      ``--batch_size``, ``--logits_out``), without the program name.
+      ``--batch_size``, ``--logits_out``, ``--backend``), without the
+      program name.
 
   Returns:
     ``{'packed', 'model', 'dataset', 'top1', 'count', 'images_per_sec',
-    'file_bytes'}``, as printed.
+    'file_bytes', 'backend'}``, as printed (``backend``: the binary convs'
+    kernel that ran).
   """
   parser = argparse.ArgumentParser(
       prog="python -m ovsw_jax.deploy evaluate",
@@ -189,7 +191,12 @@ def evaluate_command(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
   parser.add_argument("--logits_out", default=None,
                       help="also write every image's logits here (.npy, "
                       "N x classes float32, in the eval split's order)")
+  parser.add_argument("--backend", default="auto", choices=infer.BACKENDS,
+                      help="the binary convs' kernel: native (C++, XLA:CPU, "
+                      "built at install), jax, or auto (native where it "
+                      "can run); the logits are the same")
   args = parser.parse_args(argv)
+  backend = infer.resolve_backend(args.backend)
   packed = format_lib.load(args.packed)
   expected = tuple(packed.image_shape)
   got = tuple(data.get_dataset_info(args.dataset, args.data_dir).image_shape)
@@ -201,13 +208,14 @@ def evaluate_command(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         f"trained on (--dataset={packed.header.get('metadata', {}).get('dataset', '...')})")
   result = infer.evaluate(packed, args.dataset, args.data_dir,
                           args.batch_size,
-                          keep_logits=args.logits_out is not None)
+                          keep_logits=args.logits_out is not None,
+                          backend=backend)
   if args.logits_out is not None:
     np.save(args.logits_out, result["logits"])
   out = {"packed": args.packed, "model": packed.header["model"],
          "dataset": args.dataset, "top1": result["top1"],
          "count": result["count"],
          "images_per_sec": result["images_per_sec"],
-         "file_bytes": os.path.getsize(args.packed)}
+         "file_bytes": os.path.getsize(args.packed), "backend": backend}
   print(json.dumps(out))
   return out
