@@ -3,8 +3,9 @@
   python -m benchmarks.deploy_layers [--model=resnet18_1w1a] [--reps=10] \
       [--image_size_imagenet=224] [--out=benchmarks/results/deploy_layers.json]
 
-Each binary conv's time, binary ops/s and fraction of this core's popcount
-peak (uint32 XOR + popcount microbenchmark), the float layers' time (stem,
+Each binary conv's time with the native and the JAX kernel, its binary ops/s
+and fraction of this core's popcount peak on the kernel's own word type
+(uint64 for the native kernel, uint32 for JAX), the float layers' time (stem,
 downsample, head) and their share of the whole packed forward
 (`benchmarks.lib.deploy_layers`). One thread: XLA's Eigen on the calling
 thread (``--xla_cpu_multi_thread_eigen=false``) and the process pinned to
@@ -70,9 +71,13 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
   results.write_json(result, args.out)
   for r in result["layers"]:
     extra = (f" {r['binary_ops_per_s'] / 1e9:7.1f} Gbop/s "
-             f"{100 * r['peak_fraction']:5.1f}% of peak"
+             f"{100 * r['peak_fraction']:5.1f}% of peak, JAX "
+             f"{r['jax_ms']:8.3f} ms"
              if r["kind"] == "binary_conv" else "")
     print(f"{r['name']:40s} {r['ms']:8.3f} ms{extra}", file=sys.stderr)
+  print(f"whole forward {result['whole_forward_ms']:.2f} ms "
+        f"({result['backend']}), JAX {result['whole_forward_jax_ms']:.2f} ms",
+        file=sys.stderr)
   return result
 
 

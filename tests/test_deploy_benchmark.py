@@ -10,6 +10,7 @@ import pytest
 from benchmarks import deploy
 from benchmarks.lib import deploy_files
 from benchmarks.lib import deploy_latency
+from ovsw_jax.deploy import native
 
 
 @pytest.fixture(scope="module")
@@ -87,12 +88,30 @@ def test_latency_arithmetic_and_agreement(bench, run_result):
           float_ms / m["packed_folded"]["median_ms"])
       assert m["speedup_vs_real"] == pytest.approx(
           real_ms / m["packed"]["median_ms"])
+      assert m["speedup_jax_vs_real"] == pytest.approx(
+          real_ms / m["packed_jax"]["median_ms"])
+      assert m["native_over_jax"] == pytest.approx(
+          m["packed_jax"]["median_ms"] / m["packed"]["median_ms"])
+      # The native and JAX kernels give the same logits.
+      assert m["backend"] == ("native" if native.available() else "jax")
+      assert m["packed_equals_packed_jax"]
       # Unfolded, the packed file computes the float eval's arithmetic.
       assert m["packed"]["rel_logit_diff_vs_float32"] < 1e-5
       assert m["packed"]["same_argmax_as_float32"]
       row = result["summary"][name]
       assert row[f"{mode}_speedup"] == m["speedup"]
       assert row[f"{mode}_target_met"] == (m["speedup"] >= 3.4)
+      assert row[f"{mode}_vs_real_target_met"] == (m["speedup_vs_real"] >= 4)
+      # Batch-8 throughput: images/s from the median call.
+      tp = lat["throughput"][name]
+      assert tp["batch"] == 8
+      for arm in deploy_latency.THROUGHPUT_ARMS:
+        assert tp[arm]["images_per_s"] == pytest.approx(
+            8e3 / tp[arm]["median_ms"])
+        assert row[f"{mode}_batch8_{arm}_images_per_s"] == (
+            tp[arm]["images_per_s"])
+      assert tp["speedup_vs_real"] == pytest.approx(
+          tp["packed"]["images_per_s"] / tp["float32_real"]["images_per_s"])
       assert row["packed_fp16_mb"] == (
           result["sizes"][name]["files"]["packed_fp16"]["mb"])
 

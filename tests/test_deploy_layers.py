@@ -8,6 +8,7 @@ from benchmarks.lib import deploy_files
 from benchmarks.lib import deploy_layers
 from ovsw_jax.deploy import export
 from ovsw_jax.deploy import format as packed_format
+from ovsw_jax.deploy import native
 
 
 @pytest.fixture(scope="module")
@@ -41,12 +42,24 @@ def test_binary_ops_and_shares(table_and_packed):
   ops = sum(r.get("binary_ops", 0) for r in table["layers"])
   assert table["binary_ops"] == ops
   peak = table["popcount_peak"]["bit_ops_per_s"]
+  jax_peak = table["popcount_peaks"]["jax"]["bit_ops_per_s"]
   for r in rows.values():
     if r["kind"] == "binary_conv":
       assert np.isclose(r["binary_ops_per_s"], r["binary_ops"] / r["ms"] * 1e3)
       assert np.isclose(r["peak_fraction"], r["binary_ops_per_s"] / peak)
+      assert np.isclose(r["jax_peak_fraction"],
+                        r["binary_ops"] / r["jax_ms"] * 1e3 / jax_peak)
   float_ms = rows["conv1"]["ms"] + rows["fc"]["ms"]
   assert np.isclose(table["float_layers_ms"], float_ms)
   assert np.isclose(table["float_share_of_whole"],
                     float_ms / table["whole_forward_ms"])
-  assert peak > 0 and table["popcount_peak"]["word"] == "uint32"
+  assert np.isclose(table["binary_convs_jax_ms"],
+                    sum(r["jax_ms"] for r in rows.values()
+                        if r["kind"] == "binary_conv"))
+  # The peak is the default backend's, on its own word type.
+  assert table["backend"] == ("native" if native.available() else "jax")
+  word = {"native": "uint64", "jax": "uint32"}[table["backend"]]
+  assert peak > 0 and table["popcount_peak"]["word"] == word
+  assert table["popcount_peaks"]["jax"]["word"] == "uint32"
+  assert table["popcount_peaks"]["jax"]["bits_per_call"] == int(np.prod(
+      table["popcount_peaks"]["jax"]["shape"])) * 32

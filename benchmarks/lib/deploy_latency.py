@@ -24,12 +24,20 @@ from benchmarks.lib import timing
 from ovsw_jax import models
 from ovsw_jax.deploy import format as packed_format
 from ovsw_jax.deploy import infer
+from ovsw_jax.deploy import native
 
 THREAD_MODES = ("single", "multi")
 SINGLE_THREAD_XLA_FLAGS = "--xla_cpu_multi_thread_eigen=false"
-# Timed arm -> its packed file (None: a float32 forward of the npz's weights).
-LATENCY_ARMS = {"float32": None, "float32_real": None,
-                "packed": "packed_fp32", "packed_folded": "packed_fp32_folded"}
+# Timed arm -> (its packed file, the binary convs' backend); (None, None): a
+# float32 forward of the npz's weights. 'auto' is the native kernel where it
+# is built (`ovsw_jax.deploy.native`), which each result records.
+LATENCY_ARMS = {"float32": (None, None), "float32_real": (None, None),
+                "packed": ("packed_fp32", "auto"),
+                "packed_jax": ("packed_fp32", "jax"),
+                "packed_folded": ("packed_fp32_folded", "auto")}
+# The throughput runs: images per call, and the arms timed at that size.
+THROUGHPUT_BATCH = 8
+THROUGHPUT_ARMS = ("float32_real", "packed", "packed_jax")
 # The repo root: where the worker finds the `benchmarks` package.
 _ROOT = Path(__file__).resolve().parents[2]
 
@@ -58,10 +66,11 @@ def time_interleaved(arms: Mapping[str, Callable[[], Any]], reps: int,
           for k, t in timed.items()}
 
 
-def latency_one_model(name: str, folder: str, reps: int,
-                      image_size_imagenet: int = 224,
-                      seed: int = 0) -> dict[str, Any]:
-  """Batch-1 latency of a model's arms, from the files `write_files` wrote."""
+def model_arms(name: str, folder: str, image_size_imagenet: int,
+               batch: int, arms: Sequence[str], seed: int = 0
+               ) -> tuple[dict[str, Callable[[], Any]], tuple[int, ...]]:
+  """Each arm's call on one random batch, from the files `write_files`
+  wrote; and the image shape."""
   model, shape, num_classes = deploy_files.model_setup(
       name, image_size_imagenet)
   real_model = models.get_model(name, num_classes,
@@ -70,20 +79,33 @@ def latency_one_model(name: str, folder: str, reps: int,
       deploy_files.load_float32(
           os.path.join(folder, deploy_files.FP32_FILE.format(name))))
   image = jax.device_put(np.random.default_rng(seed).standard_normal(
-      (1, *shape), dtype=np.float32))
+      (batch, *shape), dtype=np.float32))
   float_fn = jax.jit(lambda v, x: model.apply(v, x, train=False))
   real_fn = jax.jit(lambda v, x: real_model.apply(v, x, train=False))
   fns = {"float32": lambda: float_fn(variables, image),
          "float32_real": lambda: real_fn(variables, image)}
-  for arm, file_arm in LATENCY_ARMS.items():
+  for arm in arms:
+    file_arm, backend = LATENCY_ARMS[arm]
     if file_arm is not None:
       pattern = deploy_files.PACKED_FILES[file_arm][0]
       predict = infer.make_predict_fn(
-          packed_format.load(os.path.join(folder, pattern.format(name))))
+          packed_format.load(os.path.join(folder, pattern.format(name))),
+          backend)
       fns[arm] = lambda predict=predict: predict(image)
+  return {arm: fns[arm] for arm in arms}, shape
+
+
+def latency_one_model(name: str, folder: str, reps: int,
+                      image_size_imagenet: int = 224,
+                      seed: int = 0) -> dict[str, Any]:
+  """Batch-1 latency of a model's arms, from the files `write_files` wrote."""
+  fns, shape = model_arms(name, folder, image_size_imagenet, 1,
+                          list(LATENCY_ARMS), seed)
   timed = time_interleaved(fns, reps)
   logits = {k: np.asarray(fn(), np.float64) for k, fn in fns.items()}
-  result: dict[str, Any] = {"image_shape": list(shape)}
+  result: dict[str, Any] = {"image_shape": list(shape),
+                            "backend": infer.resolve_backend("auto"),
+                            "isa": native.isa()}
   for arm, t in timed.items():
     result[arm] = {**timing.summarize_ms(t["times_s"]),
                    "first_call_s": t["first_call_s"],
@@ -97,6 +119,9 @@ def latency_one_model(name: str, folder: str, reps: int,
           float(np.max(np.abs(logits["float32"]))), 1e-30)
       result[arm]["same_argmax_as_float32"] = bool(
           np.argmax(logits[arm]) == np.argmax(logits["float32"]))
+  # The two backends compute the same integers: their logits agree exactly.
+  result["packed_equals_packed_jax"] = bool(
+      np.array_equal(logits["packed"], logits["packed_jax"]))
   float_ms = result["float32"]["median_ms"]
   real_ms = result["float32_real"]["median_ms"]
   result["speedup"] = float_ms / result["packed"]["median_ms"]
@@ -104,6 +129,27 @@ def latency_one_model(name: str, folder: str, reps: int,
   result["speedup_vs_real"] = real_ms / result["packed"]["median_ms"]
   result["speedup_folded_vs_real"] = (
       real_ms / result["packed_folded"]["median_ms"])
+  result["speedup_jax_vs_real"] = real_ms / result["packed_jax"]["median_ms"]
+  result["native_over_jax"] = (result["packed_jax"]["median_ms"]
+                               / result["packed"]["median_ms"])
+  return result
+
+
+def throughput_one_model(name: str, folder: str, reps: int,
+                         image_size_imagenet: int = 224) -> dict[str, Any]:
+  """Images per second at `THROUGHPUT_BATCH` of `THROUGHPUT_ARMS`."""
+  fns, _ = model_arms(name, folder, image_size_imagenet, THROUGHPUT_BATCH,
+                      THROUGHPUT_ARMS)
+  timed = time_interleaved(fns, reps)
+  result: dict[str, Any] = {"batch": THROUGHPUT_BATCH}
+  for arm, t in timed.items():
+    ms = timing.summarize_ms(t["times_s"])
+    result[arm] = {**ms, "images_per_s": THROUGHPUT_BATCH / ms["median_ms"]
+                                         * 1e3,
+                   "cpu_utilization": t["cpu_utilization"]}
+  real = result["float32_real"]["images_per_s"]
+  result["speedup_vs_real"] = result["packed"]["images_per_s"] / real
+  result["speedup_jax_vs_real"] = result["packed_jax"]["images_per_s"] / real
   return result
 
 
@@ -125,6 +171,13 @@ def latency_worker(mode: str, folder: str, model_names: Sequence[str],
     print(f"[{mode}] {name}", file=sys.stderr, flush=True)
     out["models"][name] = latency_one_model(name, folder, reps,
                                             image_size_imagenet)
+  # Fewer calls: each is THROUGHPUT_BATCH images.
+  out["throughput"] = {}
+  for name in model_names:
+    print(f"[{mode}] {name}, batch {THROUGHPUT_BATCH}", file=sys.stderr,
+          flush=True)
+    out["throughput"][name] = throughput_one_model(
+        name, folder, max(2, reps // 3), image_size_imagenet)
   out["process"] = {
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
       "cpu_affinity": sorted(os.sched_getaffinity(0)),
