@@ -34,9 +34,21 @@ def xnor_kernel() -> list[Extension]:
                     extra_compile_args=args, optional=True)]
 
 
+def jpeg_crop_decoder() -> list[Extension]:
+  """The native JPEG crop decoder (ovsw_jax/data/csrc), on the system's
+  libjpeg(-turbo). Optional: without libjpeg's headers (libjpeg-turbo8-dev,
+  libjpeg62-turbo-dev, libjpeg-turbo-devel) or a compiler, the install goes
+  on and decoder="auto" uses PIL (`ovsw_jax.data.jpeg`)."""
+  return [Extension("ovsw_jax.data._jpeg_crop",
+                    ["ovsw_jax/data/csrc/jpeg_crop.cc"], language="c++",
+                    libraries=["jpeg"],
+                    extra_compile_args=["-O3", "-std=c++17"],
+                    optional=True)]
+
+
 class BuildLibrary(build_ext):
-  """Builds the kernel as a plain shared library, loaded through ctypes (it
-  has no Python module init)."""
+  """Builds the native parts as plain shared libraries, loaded through
+  ctypes (they have no Python module init)."""
 
   def get_export_symbols(self, ext):
     return []
@@ -53,7 +65,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["ovsw_jax", "ovsw_jax.*"]),
-    ext_modules=xnor_kernel(),
+    ext_modules=xnor_kernel() + jpeg_crop_decoder(),
     cmdclass={"build_ext": BuildLibrary},
     install_requires=[
         "jax>=0.5.0",

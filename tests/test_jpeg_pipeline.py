@@ -38,9 +38,10 @@ def test_scale_factor():
   assert jpeg.scale_factor(1800, 1800, 224, 224) == 8
   with pytest.raises(ValueError, match='decoder='):
     jpeg.check_decoder('cv2')
+  assert jpeg.check_decoder('pil_draft') == 'pil_draft'
 
 
-@pytest.mark.parametrize('decoder', ['pil_draft', 'simplejpeg'])
+@pytest.mark.parametrize('decoder', ['pil_draft', 'simplejpeg', 'native'])
 def test_scaled_decode_close_to_full_decode(decoder):
   """DCT scaling is not bit-exact: it averages 8x8 blocks in the frequency
   domain where the full path resizes with a bilinear (triangle) filter. Both
@@ -49,6 +50,8 @@ def test_scaled_decode_close_to_full_decode(decoder):
   quality-90 coding error itself) and a 99th percentile under 16."""
   if decoder == 'simplejpeg':
     pytest.importorskip('simplejpeg')
+  if decoder == 'native' and not jpeg.native_jpeg.available():
+    pytest.skip('native JPEG decoder not built')
   photos = jpeg_dataset._photos()  # pylint: disable=protected-access
   errs = []
   for i in range(4):

@@ -9,11 +9,17 @@ tests bound the difference) for much less work.
 
 Decoders (`DECODERS`), chosen by measurement (benchmarks/input_pipeline.py):
 
+- "native": our C++ decoder on libjpeg-turbo (`ovsw_jax.data.native_jpeg`,
+  built at install where libjpeg-turbo's headers are): only the crop's
+  columns and the rows down to its bottom are decoded, as tf.data's
+  ``decode_and_crop_jpeg`` does, with the same DCT scaling as the others;
+  then PIL's bilinear filter, in C++.
 - "pil": full decode with PIL, then crop+resize (the reference).
-- "pil_draft": PIL's ``Image.draft`` (libjpeg scaled decode), then
-  crop+resize of the scaled image. The default: no extra dependency.
+- "pil_draft": PIL's ``Image.draft`` (libjpeg scaled decode by 1/2, 1/4,
+  1/8), then crop+resize of the scaled image. No extra dependency.
 - "simplejpeg": simplejpeg's scaled decode (libjpeg-turbo, wheels for
   Linux x86-64 and aarch64), then crop+resize with PIL.
+- "auto" (the default): "native" where it is built, else "pil_draft".
 
 Crop boxes are always given in the full-size image's coordinates, so the
 random numbers (and hence resume) do not depend on the decoder.
@@ -27,15 +33,25 @@ from typing import Callable
 
 import numpy as np
 
-DECODERS = ('pil', 'pil_draft', 'simplejpeg')
+from ovsw_jax.data import native_jpeg
+
+DECODERS = ('auto', 'native', 'pil', 'pil_draft', 'simplejpeg')
 # (top, left, height, width) of the crop, from the full image's (H, W).
 BoxFn = Callable[[int, int], tuple[int, int, int, int]]
 
 
 def check_decoder(decoder: str) -> str:
-  """Returns `decoder`, or raises naming the valid ones."""
+  """The decoder that `decoder` names ('auto' resolved), or raises naming
+  the valid ones and the fix."""
   if decoder not in DECODERS:
     raise ValueError(f'decoder={decoder!r}; use one of {DECODERS}.')
+  if decoder == 'auto':
+    return 'native' if native_jpeg.available() else 'pil_draft'
+  if decoder == 'native' and not native_jpeg.available():
+    raise ImportError(
+        'decoder="native" is not built: install libjpeg-turbo\'s headers '
+        '(apt install libjpeg-turbo8-dev, or libjpeg62-turbo-dev on Debian) '
+        'and reinstall (pip install -e .), or use decoder="pil_draft".')
   if decoder == 'simplejpeg':
     try:
       import simplejpeg  # pylint: disable=g-import-not-at-top,unused-import
@@ -100,6 +116,17 @@ def _decode_simplejpeg(data: bytes, box_fn: BoxFn,
                      arr.shape[1] / full_w, out_hw)
 
 
+def _decode_native(data: bytes, box_fn: BoxFn,
+                   out_hw: tuple[int, int]) -> np.ndarray:
+  hw = native_jpeg.image_size(data) if is_jpeg(data) else None
+  if hw is not None:
+    out = native_jpeg.decode_crop_resize(data, box_fn(*hw), out_hw)
+    if out is not None:
+      return out
+  # Not a JPEG, or one libjpeg does not turn into RGB (CMYK): PIL does.
+  return _decode_pil(data, box_fn, out_hw, draft=False)
+
+
 def decode_crop_resize(data: bytes, box_fn: BoxFn, out_hw: tuple[int, int],
                        decoder: str = 'pil_draft') -> np.ndarray:
   """Decodes encoded RGB image bytes, crops and resizes (bilinear).
@@ -108,11 +135,14 @@ def decode_crop_resize(data: bytes, box_fn: BoxFn, out_hw: tuple[int, int],
     data: encoded image (JPEG gets the scaled decode; others decode fully).
     box_fn: (full height, full width) -> (top, left, h, w) of the crop.
     out_hw: output (height, width).
-    decoder: one of `DECODERS`.
+    decoder: one of `DECODERS` but 'auto' (resolve it with
+      `check_decoder`).
 
   Returns:
     uint8 [out_h, out_w, 3].
   """
+  if decoder == 'native':
+    return _decode_native(data, box_fn, out_hw)
   if decoder == 'simplejpeg':
     return _decode_simplejpeg(data, box_fn, out_hw)
   return _decode_pil(data, box_fn, out_hw, draft=decoder == 'pil_draft')

@@ -310,13 +310,14 @@ def _default_stats(name: str, data_dir: str | None, split: str,
 
 
 def _check_image_options(name: str, channels: int, lighting: float,
-                         device_normalize: bool, decoder: str) -> None:
+                         device_normalize: bool, decoder: str) -> str:
+  """Raises on options that do not go together; the decoder to use."""
   if lighting and channels != 3:
     raise ValueError(f'{name}: lighting={lighting} needs RGB images.')
   if lighting and device_normalize:
     raise ValueError(f'{name}: lighting={lighting} is added to float images '
                      'on the host; set device_normalize=False to use it.')
-  jpeg.check_decoder(decoder)
+  return jpeg.check_decoder(decoder)
 
 
 def make_source(name: str, data_dir: str | None = None, *,
@@ -328,7 +329,7 @@ def make_source(name: str, data_dir: str | None = None, *,
                 min_scale: float = 0.08, lighting: float = 0.0,
                 mean: Sequence[float] | None = None,
                 std: Sequence[float] | None = None,
-                decoder: str = 'pil_draft', device_normalize: bool = False,
+                decoder: str = 'auto', device_normalize: bool = False,
                 display_name: str | None = None) -> TfdsSource:
   """A source over a TFDS dataset prepared in array_record format.
 
@@ -349,7 +350,8 @@ def make_source(name: str, data_dir: str | None = None, *,
       ImageNet recipe uses 0.1); RGB only.
     mean, std: per-channel statistics in [0, 1] units.
     decoder: how encoded RGB images are decoded, one of `jpeg.DECODERS`
-      ("pil_draft": JPEG DCT-domain downscaling when the crop allows it).
+      ("auto": the native crop decoder where it is built, else "pil_draft";
+      the source's ``decoder`` says which).
     device_normalize: yield uint8 images (4x fewer bytes to the device) for
       the jitted step to normalise (`device_normalize.normalizer`).
     display_name: the `DatasetInfo.name` (default: `name`).
@@ -369,7 +371,8 @@ def make_source(name: str, data_dir: str | None = None, *,
   channels, native = _image_layout(name, tuple(image_feature.shape))
   size = _output_size(name, image_size, native)
   train_augment = _train_augment(name, train_augment, augment, native)
-  _check_image_options(name, channels, lighting, device_normalize, decoder)
+  decoder = _check_image_options(name, channels, lighting, device_normalize,
+                                 decoder)
   if num_classes is None:
     num_classes = getattr(features[label_key], 'num_classes', None)
     if num_classes is None:
