@@ -17,9 +17,11 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from ovsw_jax import data
 from ovsw_jax.data import augment
 from ovsw_jax.data import jpeg
 from ovsw_jax.data import native_jpeg
+from ovsw_jax.data import pipeline
 
 pytest.importorskip('sklearn')
 from benchmarks.lib import jpeg_dataset  # pylint: disable=g-import-not-at-top
@@ -142,3 +144,16 @@ def test_decoder_choice_and_errors(monkeypatch):
   assert jpeg.check_decoder('auto') == 'pil_draft'
   with pytest.raises(ImportError, match='libjpeg-turbo8-dev.*pil_draft'):
     jpeg.check_decoder('native')
+
+
+def test_jpeg_sources_get_a_thread_per_core(tmp_path):
+  root = str(tmp_path)
+  name = jpeg_dataset.write_dataset(root, num_train=4, num_eval=2,
+                                    num_classes=2, size_scale=0.1)
+  source = data.get_source(name, root, image_size=16)
+  assert source.decode_bound
+  cores = min(len(os.sched_getaffinity(0)), pipeline.MAX_DECODE_THREADS)
+  assert pipeline.default_num_threads(source, 2) == max(2, cores)
+  digits = data.get_source('digits', None)
+  assert not getattr(digits, 'decode_bound', False)
+  assert pipeline.default_num_threads(digits, 2) == 2

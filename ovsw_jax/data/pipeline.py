@@ -39,6 +39,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import os
 import sys
 import threading
 from typing import Any, Callable, Iterator, Union
@@ -261,13 +262,33 @@ class _EvalBatch:
     return {'image': image, 'label': label, 'mask': mask}
 
 
+# Decode threads at most: each holds one batch in the prefetch buffer, and
+# 32 cores decode over 20,000 ImageNet images/s (benchmarks/input_pipeline).
+MAX_DECODE_THREADS = 32
+
+
+def default_num_threads(source: Any, prefetch: int) -> int:
+  """Threads building batches when the caller does not say.
+
+  A source whose batches are decode-bound (``source.decode_bound``, e.g.
+  JPEG files: the decoders run in C with the GIL released) gets one thread
+  per core this process may use (up to `MAX_DECODE_THREADS`), so one process
+  feeds the whole host without worker processes; any other source gets
+  `prefetch` threads.
+  """
+  if getattr(source, 'decode_bound', False):
+    cores = min(len(os.sched_getaffinity(0)), MAX_DECODE_THREADS)
+    return max(prefetch, cores)
+  return prefetch
+
+
 def _iterate(ds: grain.MapDataset, worker_count: int, prefetch: int,
-             num_threads: int | None) -> grain.DatasetIterator:
+             num_threads: int | None, source: Any) -> grain.DatasetIterator:
   if worker_count < 0 or prefetch < 0:
     raise ValueError(f'worker_count={worker_count} and prefetch={prefetch} '
                      'must be >= 0.')
   if num_threads is None:
-    num_threads = prefetch
+    num_threads = default_num_threads(source, prefetch)
   if num_threads < 0:
     raise ValueError(f'num_threads={num_threads} must be >= 0.')
   if prefetch == 0:
@@ -308,7 +329,8 @@ def create_train_iterator(dataset: str, data_dir: str | None,
     worker_count: grain worker processes (0: build batches in this process).
     prefetch: batches prepared ahead by background threads (0: none, built
       on demand).
-    num_threads: threads building batches (default: `prefetch`).
+    num_threads: threads building batches (default: `default_num_threads`:
+      one per core for JPEG sources, else `prefetch`).
     **options: the dataset's options.
 
   Returns:
@@ -329,7 +351,7 @@ def create_train_iterator(dataset: str, data_dir: str | None,
   steps_per_epoch(source.info, global_batch_size)  # Checks B <= num_train.
   ds = grain.MapDataset.range(int(start_step), sys.maxsize).map(
       _TrainBatch(source, int(global_batch_size), int(seed), index, count))
-  return _iterate(ds, worker_count, prefetch, num_threads)
+  return _iterate(ds, worker_count, prefetch, num_threads, source)
 
 
 def create_eval_iterator(dataset: str, data_dir: str | None,
@@ -355,4 +377,4 @@ def create_eval_iterator(dataset: str, data_dir: str | None,
   num_batches = num_eval_batches(source.info, global_batch_size)
   ds = grain.MapDataset.range(num_batches).map(
       _EvalBatch(source, int(global_batch_size), index, count))
-  return _iterate(ds, worker_count, prefetch, num_threads)
+  return _iterate(ds, worker_count, prefetch, num_threads, source)

@@ -142,6 +142,12 @@ class TfdsSource:
   device_normalize: bool = False
 
   @property
+  def decode_bound(self) -> bool:
+    """Batches are built by decoding encoded images (e.g. ImageNet's JPEGs):
+    `pipeline.default_num_threads` gives them a thread per core."""
+    return self.skip_decoding
+
+  @property
   def _size(self) -> tuple[int, int]:
     return self.info.image_shape[:2]
 
