@@ -1,34 +1,47 @@
-"""ImageNet input pipeline: ours against tf.data, images/s per process.
+"""ImageNet input pipeline: ours against tf.data, images/s per core.
 
-All arms read the same generated JPEGs (`lib.jpeg_dataset`) and take turns
-(`lib.timing.time_interleaved`, one batch per call), so load from other jobs
-hits them alike:
+All arms read the same generated JPEGs (`lib.jpeg_dataset`):
 
-- ours_train_<decoder>_w<k>: our train iterator (random resized crop + flip;
-  uint8 out, normalised on device), k grain worker processes;
-- ours_train_pil_float_w0: the previous path (full PIL decode, host
+- ours_train_<decoder>: our train iterator (random resized crop + flip;
+  uint8 out, normalised on device), batches built on demand in the calling
+  thread (``num_threads=0``);
+- ours_train_pil_float: the previous path (full PIL decode, host
   normalisation to float32);
 - ours_eval_<decoder>: resize 256 + center crop 224;
 - tfdata_train / tfdata_eval: what flax's ImageNet example does
-  (``sample_distorted_bounding_box`` + ``decode_and_crop_jpeg``, resize,
-  flip, normalise), single-threaded, from the JPEG bytes held in memory.
-  Skipped when TensorFlow is absent (it is the ``bench-tf`` extra).
+  (``sample_distorted_bounding_box`` + ``decode_and_crop_jpeg``, bicubic
+  resize, flip, normalise), with tf.data's default options, from the JPEG
+  bytes held in memory. Skipped when TensorFlow is absent (it is the
+  ``bench-tf`` extra).
 
-Plus where the time goes in ours, per image (`breakdown`).
+Per core (``per_core``): a worker process pinned to one core (before
+TensorFlow or JAX start) runs each arm alone, fresh, for ``--rounds``
+rounds: 2 untimed batches, then every batch of the round timed back to back.
+tf.data computes ahead on background threads (a fused map-and-batch, an
+injected prefetch), so arms cannot take turns batch by batch; pinned, its
+threads share the one core, and images/s is images per core-second.
+``images_per_cpu_s`` divides by the CPU utilisation (<= 1 here).
 
-    python -m benchmarks.input_pipeline --num_images 2000 --workers 0 \
+All cores (``threaded``): each side alone on every core of the process: our
+train iterator with the native decoder and one thread per core
+(`pipeline.default_num_threads`), and tf.data with a parallel map of as many
+calls. Plus where the time goes in ours, per image (``breakdown``).
+
+    python -m benchmarks.input_pipeline --num_images 2000 \
         --out benchmarks/results/input_pipeline.json \
         --plot benchmarks/results/input_pipeline.png
-
-Arms with worker processes (--workers 1,2) prefetch while the other arms
-run, so their per-call times under interleaving overstate their rate.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import json
 import math
+import os
+from pathlib import Path
+import subprocess
+import sys
 import tempfile
 import time
 from typing import Any, Callable
@@ -38,23 +51,33 @@ import numpy as np
 from benchmarks.lib import jpeg_dataset
 from benchmarks.lib import machine
 from benchmarks.lib import results
-from benchmarks.lib import timing
 from ovsw_jax import data
 from ovsw_jax.data import augment
 from ovsw_jax.data import jpeg
+from ovsw_jax.data import native_jpeg
+from ovsw_jax.data import pipeline
 from ovsw_jax.data import tfds_source
 
 SIZE = 224
+# The repo root: where the per-core worker finds the `benchmarks` package.
+_ROOT = str(Path(__file__).resolve().parents[1])
 
 
 def _ours_train(data_dir: str, batch: int, workers: int, decoder: str,
-                device_normalize: bool):
+                device_normalize: bool, num_threads: int | None = 0):
+  threads = num_threads if num_threads is not None else (
+      pipeline.default_num_threads(_source(data_dir), 2))
+  prefetch = max(threads, 0 if workers == 0 else 2)
   it = data.create_train_iterator(
       jpeg_dataset.DATASET, data_dir, batch, seed=0, process_index=0,
-      process_count=1, worker_count=workers, prefetch=0 if workers == 0
-      else 2, decoder=decoder, device_normalize=device_normalize,
-      image_size=SIZE)
+      process_count=1, worker_count=workers, prefetch=prefetch,
+      num_threads=threads, decoder=decoder,
+      device_normalize=device_normalize, image_size=SIZE)
   return lambda: next(it)['image']
+
+
+def _source(data_dir: str):
+  return data.get_source(jpeg_dataset.DATASET, data_dir, image_size=SIZE)
 
 
 def _ours_eval(data_dir: str, batch: int, decoder: str, num_eval: int):
@@ -76,8 +99,9 @@ def _jpeg_bytes(data_dir: str, split: str) -> list[bytes]:
   return [bytes(r['image']) for r in source._read(split_name, np.arange(n))]  # pylint: disable=protected-access
 
 
-def _tfdata(images: list[bytes], batch: int, train: bool):
-  """flax examples/imagenet input_pipeline's preprocessing, 1 thread."""
+def _tfdata(images: list[bytes], batch: int, train: bool, threads: int = 1):
+  """flax examples/imagenet input_pipeline's preprocessing, on `threads`
+  threads (1: sequential, on demand: the per-core figure)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   mean = tf.constant([0.485 * 255, 0.456 * 255, 0.406 * 255])
   std = tf.constant([0.229 * 255, 0.224 * 255, 0.225 * 255])
@@ -108,12 +132,23 @@ def _tfdata(images: list[bytes], batch: int, train: bool):
     return (img - mean) / std
 
   ds = tf.data.Dataset.from_tensor_slices(images).repeat()
-  ds = ds.map(train_fn if train else eval_fn, num_parallel_calls=1)
-  ds = ds.batch(batch, drop_remainder=True)
+  fn = train_fn if train else eval_fn
+  if threads == 1:
+    # A sequential map runs in the caller's GetNext, on demand: nothing is
+    # computed ahead while other arms are timed (a parallel map of 1 would).
+    ds = ds.map(fn).batch(batch, drop_remainder=True)
+  else:
+    ds = ds.map(fn, num_parallel_calls=threads).batch(
+        batch, drop_remainder=True).prefetch(threads)
   options = tf.data.Options()
-  options.threading.private_threadpool_size = 1
+  options.threading.private_threadpool_size = threads
   options.threading.max_intra_op_parallelism = 1
   options.autotune.enabled = False
+  if threads == 1:
+    # Two of tf.data's default rewrites would parallelise the map and
+    # inject a prefetch, running ahead on other threads; the others stay.
+    options.experimental_optimization.map_parallelization = False
+    options.experimental_optimization.inject_prefetch = False
   it = iter(ds.with_options(options))
   return lambda: next(it).numpy()
 
@@ -170,91 +205,189 @@ def breakdown(images: list[bytes], batch: int, decoder: str) -> dict:
   return out
 
 
-def run(num_images: int, num_eval: int, batch: int, rounds_block: int,
-        workers: tuple[int, ...], decoders: tuple[str, ...],
-        data_dir: str | None = None) -> dict[str, Any]:
+def _arms(data_dir: str, batch: int, decoders: tuple[str, ...],
+          num_eval: int) -> dict[str, Callable[[], Callable[[], Any]]]:
+  """Arm name -> a factory of its one-batch call (built fresh per round)."""
+  arms: dict[str, Callable[[], Callable[[], Any]]] = {}
+  for dec in decoders:
+    arms[f'ours_train_{dec}'] = functools.partial(
+        _ours_train, data_dir, batch, 0, dec, True)
+    arms[f'ours_eval_{dec}'] = functools.partial(_ours_eval, data_dir, batch,
+                                                 dec, num_eval)
+  arms['ours_train_pil_float'] = functools.partial(
+      _ours_train, data_dir, batch, 0, 'pil', False)
+  if _has_tf():
+    arms['tfdata_train'] = lambda: _tfdata(_jpeg_bytes(data_dir, 'train'),
+                                           batch, True)
+    arms['tfdata_eval'] = lambda: _tfdata(_jpeg_bytes(data_dir, 'eval'),
+                                          batch, False)
+  return arms
+
+
+def _time_alone(make: Callable[[], Callable[[], Any]], steps: int,
+                warmup: int = 2) -> dict[str, Any]:
+  """Builds an arm, runs `warmup` batches, then times `steps` back to back."""
+  fn = make()
+  for _ in range(warmup):
+    fn()
+  times, c0 = [], time.process_time()
+  t0 = time.perf_counter()
+  for _ in range(steps):
+    t = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t)
+  wall = time.perf_counter() - t0
+  cpu = time.process_time() - c0
+  del fn
+  return {'times': times, 'cpu_utilization': cpu / wall}
+
+
+def per_core_worker(data_dir: str, batch: int, decoders: tuple[str, ...],
+                    num_eval: int, steps: int, rounds: int) -> dict[str, Any]:
+  """Every arm alone, `rounds` times, in this (pinned) process."""
+  arms = _arms(data_dir, batch, decoders, num_eval)
+  pooled = {name: {'times': [], 'cpu': []} for name in arms}
+  load = []
+  for _ in range(rounds):
+    for name, make in arms.items():
+      load.append(os.getloadavg()[0])
+      o = _time_alone(make, steps)
+      pooled[name]['times'] += o['times']
+      pooled[name]['cpu'].append(o['cpu_utilization'])
+  out = {}
+  for name, p in pooled.items():
+    med = float(np.median(p['times']))
+    util = float(np.mean(p['cpu']))
+    out[name] = {'images_per_s': batch / med,
+                 'images_per_cpu_s': batch / med / max(util, 1e-9),
+                 'batch_s_median': med, 'cpu_utilization': util,
+                 'timed_batches': len(p['times'])}
+  return {'arms': out, 'load_1min': load,
+          'cpu_affinity': sorted(os.sched_getaffinity(0))}
+
+
+def _per_core(data_dir: str, batch: int, decoders: tuple[str, ...],
+              num_eval: int, steps: int, rounds: int) -> dict[str, Any]:
+  """`per_core_worker` in a subprocess pinned to one core."""
+  env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3')
+  env['PYTHONPATH'] = os.pathsep.join(
+      p for p in (_ROOT, env.get('PYTHONPATH', '')) if p)
+  cmd = [sys.executable, '-m', 'benchmarks.input_pipeline',
+         f'--_per_core_worker={data_dir}', f'--batch={batch}',
+         f'--decoders={",".join(decoders)}', f'--num_eval={num_eval}',
+         f'--_steps={steps}', f'--rounds={rounds}',
+         f'--_pin_cpu={min(os.sched_getaffinity(0))}']
+  proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True,
+                        check=False)
+  if proc.returncode != 0:
+    raise RuntimeError(f'the per-core worker failed (exit {proc.returncode});'
+                       ' its stderr is above')
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _threaded(data_dir: str, batch: int, steps: int) -> dict[str, Any]:
+  """Every core of the process, each side alone: images/s (wall)."""
+  cores = len(os.sched_getaffinity(0))
+  arms = {}
+  if native_jpeg.available():
+    arms['ours_train_native_threads'] = functools.partial(
+        _ours_train, data_dir, batch, 0, 'native', True, num_threads=None)
+  if _has_tf():
+    arms['tfdata_train_threads'] = lambda: _tfdata(
+        _jpeg_bytes(data_dir, 'train'), batch, True, cores)
+  out: dict[str, Any] = {'cores': cores}
+  for name, make in arms.items():
+    o = _time_alone(make, steps)
+    med = float(np.median(o['times']))
+    out[name] = {'images_per_s': batch / med, 'batch_s_median': med,
+                 'cpu_utilization': o['cpu_utilization']}
+  if len(arms) == 2:
+    out['ratio'] = (out['ours_train_native_threads']['images_per_s'] /
+                    out['tfdata_train_threads']['images_per_s'])
+  return out
+
+
+def run(num_images: int, num_eval: int, batch: int,
+        decoders: tuple[str, ...], data_dir: str | None = None,
+        rounds: int = 2) -> dict[str, Any]:
   """Generates the dataset (unless given), times every arm; the result."""
+  if rounds < 1:
+    raise ValueError(f'--rounds={rounds} must be >= 1')
   data_dir = data_dir or tempfile.mkdtemp(prefix='ovsw_jpeg_')
   t = time.perf_counter()
   jpeg_dataset.write_dataset(data_dir, num_images, num_eval)
   gen_s = time.perf_counter() - t
-  arms: dict[str, Callable[[], Any]] = {}
-  for dec in decoders:
-    for w in workers:
-      arms[f'ours_train_{dec}_w{w}'] = _ours_train(data_dir, batch, w, dec,
-                                                   True)
-    arms[f'ours_eval_{dec}'] = _ours_eval(data_dir, batch, dec, num_eval)
-  arms['ours_train_pil_float_w0'] = _ours_train(data_dir, batch, 0, 'pil',
-                                                False)
-  train_bytes = _jpeg_bytes(data_dir, 'train')
-  tf_present = _has_tf()
-  if tf_present:
-    arms['tfdata_train'] = _tfdata(train_bytes, batch, True)
-    arms['tfdata_eval'] = _tfdata(_jpeg_bytes(data_dir, 'eval'), batch,
-                                  False)
-  steps = max(1, num_images // batch)
-  timed = timing.time_interleaved(arms, steps=steps, warmup=1,
-                                  block=rounds_block)
-  load = timed.pop('_load')
-  arm_out = {}
-  for name, o in timed.items():
-    med = float(np.median(o['times']))
-    arm_out[name] = {'images_per_s': batch / med,
-                     'batch_s_median': med,
-                     'cpu_utilization': o['cpu_utilization']}
+  steps = max(1, min(num_images, num_eval) // batch)
+  pinned = _per_core(data_dir, batch, decoders, num_eval, steps, rounds)
+  arm_out = pinned['arms']
+  tf_present = 'tfdata_train' in arm_out
   ratios = {}
   if tf_present:
     for dec in decoders:
-      ratios[f'train_{dec}_w0_vs_tfdata'] = (
-          arm_out[f'ours_train_{dec}_w0']['images_per_s'] /
-          arm_out['tfdata_train']['images_per_s'])
-      ratios[f'eval_{dec}_vs_tfdata'] = (
-          arm_out[f'ours_eval_{dec}']['images_per_s'] /
-          arm_out['tfdata_eval']['images_per_s'])
+      for kind in ('train', 'eval'):
+        ratios[f'{kind}_{dec}_per_core_vs_tfdata'] = (
+            arm_out[f'ours_{kind}_{dec}']['images_per_cpu_s'] /
+            arm_out[f'tfdata_{kind}']['images_per_cpu_s'])
+  train_bytes = _jpeg_bytes(data_dir, 'train')
   sizes = [jpeg_dataset.header_size(b) for b in train_bytes]
   return {
       'benchmark': 'input_pipeline',
       'settings': {'num_images': num_images, 'num_eval': num_eval,
-                   'batch': batch, 'block': rounds_block, 'image_size': SIZE,
-                   'workers': list(workers), 'decoders': list(decoders),
-                   'timed_batches_per_arm': steps,
+                   'batch': batch, 'image_size': SIZE, 'rounds': rounds,
+                   'decoders': list(decoders),
+                   'timed_batches_per_arm_and_round': steps,
                    'generate_s': gen_s,
                    'mean_jpeg_hw': [float(np.mean([s[0] for s in sizes])),
                                     float(np.mean([s[1] for s in sizes]))],
                    'mean_jpeg_bytes': float(np.mean([len(b) for b in
                                                      train_bytes]))},
       'tensorflow': tf_present,
+      'per_core_cpu_affinity': pinned['cpu_affinity'],
       'arms': arm_out,
       'ratios': ratios,
       'cores_for_5000_images_per_s': {
-          name: math.ceil(5000 / a['images_per_s'])
-          for name, a in arm_out.items() if not name.endswith(('_w1', '_w2'))},
+          name: math.ceil(5000 / a['images_per_cpu_s'])
+          for name, a in arm_out.items()},
+      'threaded': _threaded(data_dir, batch, steps),
       'breakdown_s_per_image': breakdown(train_bytes, batch, decoders[0]),
-      'load_1min': load,
+      'load_1min': pinned['load_1min'],
       'machine': machine.machine_info(),
   }
 
 
 def plot(result: dict[str, Any], path: str) -> None:
-  """Bar chart of images/s per process, and per CPU-second, of every arm."""
+  """Images/s of every arm on one core, and of each side on every core."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   names = list(result['arms'])
-  per_s = [result['arms'][n]['images_per_s'] for n in names]
-  per_cpu = [result['arms'][n]['images_per_s'] /
-             max(result['arms'][n]['cpu_utilization'], 1e-9) for n in names]
+  per_core = [result['arms'][n]['images_per_cpu_s'] for n in names]
+  threaded = {k: v for k, v in result['threaded'].items()
+              if isinstance(v, dict)}
+  fig, (ax1, ax2) = plt.subplots(
+      1, 2, figsize=(12, 0.45 * len(names) + 1.5),
+      gridspec_kw={'width_ratios': [3, 2]})
   y = np.arange(len(names))
-  fig, ax = plt.subplots(figsize=(8, 0.45 * len(names) + 1.5))
-  ax.barh(y - 0.2, per_s, 0.4, label='images/s (wall, shared machine)')
-  ax.barh(y + 0.2, per_cpu, 0.4, label='images per CPU-second')
-  ax.set_yticks(y, names)
-  ax.set_xlabel('images')
-  ax.legend(loc='lower right')
-  ax.set_title(f"{result['settings']['num_images']} JPEGs, "
-               f"{result['settings']['image_size']}px, 1 process each")
+  colors = ['tab:orange' if n.startswith('tfdata') else 'tab:blue'
+            for n in names]
+  bars = ax1.barh(y, per_core, 0.6, color=colors)
+  ax1.bar_label(bars, [f'{v:.0f}' for v in per_core], fontsize=8)
+  ax1.set_yticks(y, names)
+  ax1.set_xlabel('images per core-second')
+  ax1.set_title(f"one core (pinned), {result['settings']['num_images']} "
+                f"JPEGs -> {result['settings']['image_size']}px")
+  y2 = np.arange(len(threaded))
+  vals = [v['images_per_s'] for v in threaded.values()]
+  bars = ax2.barh(y2, vals, 0.6, color=[
+      'tab:orange' if n.startswith('tfdata') else 'tab:blue'
+      for n in threaded])
+  ax2.bar_label(bars, [f'{v:.0f}' for v in vals], fontsize=8)
+  ax2.set_yticks(y2, list(threaded))
+  ax2.set_xlabel('images/s')
+  ax2.set_title(f"all {result['threaded']['cores']} cores, train")
   fig.tight_layout()
   fig.savefig(path, dpi=100)
+  plt.close(fig)
 
 
 def main(argv=None) -> None:
@@ -262,31 +395,46 @@ def main(argv=None) -> None:
   parser.add_argument('--num_images', type=int, default=2000)
   parser.add_argument('--num_eval', type=int, default=500)
   parser.add_argument('--batch', type=int, default=32)
-  parser.add_argument('--block', type=int, default=2)
-  parser.add_argument('--workers', default='0,1,2')
-  parser.add_argument('--decoders', default='pil_draft,simplejpeg')
+  parser.add_argument('--rounds', type=int, default=2)
+  parser.add_argument('--decoders', default=','.join(
+      (('native',) if native_jpeg.available() else ()) +
+      ('pil_draft', 'simplejpeg')))
   parser.add_argument('--data_dir', default=None)
   parser.add_argument('--out', default=None)
   parser.add_argument('--plot', default=None, help='PNG path')
   parser.add_argument('--plot_only', default=None,
                       help='plot this JSON result and exit')
+  # The pinned per-core worker (see `_per_core`).
+  parser.add_argument('--_per_core_worker', default=None,
+                      help=argparse.SUPPRESS)
+  parser.add_argument('--_steps', type=int, default=None,
+                      help=argparse.SUPPRESS)
+  parser.add_argument('--_pin_cpu', type=int, default=None,
+                      help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
+  if args._pin_cpu is not None:  # pylint: disable=protected-access
+    # Before TensorFlow (imported by its arms) or JAX start thread pools.
+    os.sched_setaffinity(0, {args._pin_cpu})  # pylint: disable=protected-access
   if args.plot_only:
     plot(results_json(args.plot_only), args.plot)
     return
   decoders = tuple(d for d in args.decoders.split(',') if d)
   for d in decoders:
     jpeg.check_decoder(d)
-  result = run(args.num_images, args.num_eval, args.batch, args.block,
-               tuple(int(w) for w in args.workers.split(',')), decoders,
-               args.data_dir)
+  worker = vars(args)  # The hidden options' names start with '_'.
+  if worker['_per_core_worker']:
+    print(json.dumps(per_core_worker(
+        worker['_per_core_worker'], args.batch, decoders, args.num_eval,
+        worker['_steps'], args.rounds)))
+    return
+  result = run(args.num_images, args.num_eval, args.batch, decoders,
+               args.data_dir, args.rounds)
   results.write_json(result, args.out)
   if args.plot:
     plot(result, args.plot)
 
 
 def results_json(path: str) -> dict[str, Any]:
-  import json  # pylint: disable=g-import-not-at-top
   with open(path) as f:
     return json.load(f)
 

@@ -127,17 +127,35 @@ def test_train_py_end_to_end_on_jpegs(tiny_jpegs, tmp_path):
   assert np.all(np.isfinite(losses))
 
 
-def test_input_pipeline_benchmark_tiny(tmp_path, monkeypatch):
+def test_input_pipeline_benchmark_tiny(tmp_path):
   from benchmarks import input_pipeline  # pylint: disable=g-import-not-at-top
-  monkeypatch.setattr(input_pipeline, 'SIZE', 32)
-  r = input_pipeline.run(num_images=8, num_eval=4, batch=4, rounds_block=1,
-                         workers=(0,), decoders=('pil_draft',),
-                         data_dir=str(tmp_path))
+  r = input_pipeline.run(num_images=8, num_eval=8, batch=4,
+                         decoders=('pil_draft',), data_dir=str(tmp_path),
+                         rounds=2)
   arms = r['arms']
-  assert {'ours_train_pil_draft_w0', 'ours_eval_pil_draft',
-          'ours_train_pil_float_w0'} <= set(arms)
-  for a in arms.values():
+  assert {'ours_train_pil_draft', 'ours_eval_pil_draft',
+          'ours_train_pil_float'} <= set(arms)
+  # Per core: a worker pinned to one core, every arm alone, 2 rounds of 2.
+  assert len(r['per_core_cpu_affinity']) == 1
+  for name, a in arms.items():
+    assert a['timed_batches'] == 4
     assert a['images_per_s'] == pytest.approx(4 / a['batch_s_median'])
+    assert a['cpu_utilization'] <= 1.05
+    assert a['images_per_cpu_s'] == pytest.approx(
+        a['images_per_s'] / a['cpu_utilization'])
+    assert r['cores_for_5000_images_per_s'][name] == int(
+        np.ceil(5000 / a['images_per_cpu_s']))
   # tf.data's arms and ratios are there exactly when TensorFlow is.
   assert ('tfdata_train' in arms) == r['tensorflow'] == bool(r['ratios'])
+  if r['tensorflow']:
+    assert r['ratios']['train_pil_draft_per_core_vs_tfdata'] == pytest.approx(
+        arms['ours_train_pil_draft']['images_per_cpu_s'] /
+        arms['tfdata_train']['images_per_cpu_s'])
+  # Every core: ours with a thread per core (the native decoder, if built).
+  threaded = r['threaded']
+  assert threaded['cores'] == len(os.sched_getaffinity(0))
+  assert ('ours_train_native_threads' in threaded) == (
+      jpeg.native_jpeg.available())
   assert r['breakdown_s_per_image']['transfer_uint8'] > 0
+  with pytest.raises(ValueError, match='rounds=0'):
+    input_pipeline.run(8, 8, 4, ('pil_draft',), str(tmp_path), rounds=0)
