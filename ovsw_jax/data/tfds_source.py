@@ -32,13 +32,14 @@ import numpy as np
 
 from ovsw_jax.data import augment
 from ovsw_jax.data import jpeg
+from ovsw_jax.data import tfds_options
 from ovsw_jax.data.source import DataNotFoundError, DatasetInfo
 from ovsw_jax.data.source import check_channels
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 EVAL_CROP_FRACTION = 0.875
-TRAIN_AUGMENTS = ('inception_crop', 'pad_crop_flip', 'none')
+TRAIN_AUGMENTS = tfds_options.TRAIN_AUGMENTS
 _STATS_SAMPLES = 256
 
 _SOURCES: dict[tuple[Any, ...], Any] = {}
@@ -252,59 +253,6 @@ def _estimate_stats(name: str, data_dir: str | None, split: str,
   return tuple(float(m) for m in mean), tuple(float(s) for s in std)
 
 
-def _check_splits_and_keys(name: str, splits: Any, features: Any, *,
-                           train_split: str, eval_split: str, image_key: str,
-                           label_key: str) -> None:
-  """Raises naming the valid choices when a split or feature key is absent."""
-  for what, split in (('train_split', train_split), ('eval_split', eval_split)):
-    try:
-      splits[split]
-    except Exception as e:  # pylint: disable=broad-except
-      raise ValueError(f'{name}: {what}={split!r} is not a split of this '
-                       f'dataset; it has {sorted(splits)}.') from e
-  for what, key in (('image_key', image_key), ('label_key', label_key)):
-    if key not in features:
-      raise ValueError(f'{name}: {what}={key!r} is not a feature; the '
-                       f'features are {sorted(features.keys())}.')
-
-
-def _image_layout(name: str, shape: tuple[Any, ...]
-                  ) -> tuple[int, tuple[int, int] | None]:
-  """(channels, native (H, W) or None for variable-size images)."""
-  channels = shape[-1] if len(shape) == 3 and shape[-1] else 3
-  if channels not in (1, 3):
-    raise ValueError(f'{name}: images with {channels} channels are not '
-                     'supported (1 or 3).')
-  native = shape[:2] if len(shape) == 3 and None not in shape[:2] else None
-  return channels, native
-
-
-def _output_size(name: str, image_size: int | Sequence[int] | None,
-                 native: tuple[int, int] | None) -> tuple[int, ...]:
-  """The output (H, W): ``image_size``, else native, else 224 x 224."""
-  if image_size is None:
-    size = native or (224, 224)
-  elif isinstance(image_size, int):
-    size = (image_size, image_size)
-  else:
-    size = tuple(int(s) for s in image_size)
-  if len(size) != 2 or min(size) < 1:
-    raise ValueError(f'{name}: image_size={image_size} must be an int or '
-                     '(height, width).')
-  return size
-
-
-def _train_augment(name: str, train_augment: str | None, augment: bool,
-                   native: tuple[int, int] | None) -> str:
-  """The training augmentation: by image size when None; 'none' if off."""
-  if train_augment is None:
-    train_augment = 'pad_crop_flip' if native else 'inception_crop'
-  if train_augment not in TRAIN_AUGMENTS:
-    raise ValueError(f'{name}: train_augment={train_augment!r}; use one of '
-                     f'{TRAIN_AUGMENTS}.')
-  return train_augment if augment else 'none'
-
-
 def _default_stats(name: str, data_dir: str | None, split: str,
                    image_key: str, skip_decoding: bool, channels: int,
                    num_train: int):
@@ -313,17 +261,6 @@ def _default_stats(name: str, data_dir: str | None, split: str,
     return IMAGENET_MEAN, IMAGENET_STD
   return _estimate_stats(name, data_dir, split, image_key, skip_decoding,
                          channels, num_train)
-
-
-def _check_image_options(name: str, channels: int, lighting: float,
-                         device_normalize: bool, decoder: str) -> str:
-  """Raises on options that do not go together; the decoder to use."""
-  if lighting and channels != 3:
-    raise ValueError(f'{name}: lighting={lighting} needs RGB images.')
-  if lighting and device_normalize:
-    raise ValueError(f'{name}: lighting={lighting} is added to float images '
-                     'on the host; set device_normalize=False to use it.')
-  return jpeg.check_decoder(decoder)
 
 
 def make_source(name: str, data_dir: str | None = None, *,
@@ -368,17 +305,17 @@ def make_source(name: str, data_dir: str | None = None, *,
   tfds = _tfds()
   builder = open_builder(name, data_dir)
   features, splits = builder.info.features, builder.info.splits
-  if eval_split is None:
-    eval_split = 'validation' if 'validation' in splits else 'test'
-  _check_splits_and_keys(name, splits, features, train_split=train_split,
-                         eval_split=eval_split, image_key=image_key,
-                         label_key=label_key)
+  eval_split = tfds_options.resolve_splits_and_keys(
+      name, splits, features, train_split=train_split, eval_split=eval_split,
+      image_key=image_key, label_key=label_key)
   image_feature = features[image_key]
-  channels, native = _image_layout(name, tuple(image_feature.shape))
-  size = _output_size(name, image_size, native)
-  train_augment = _train_augment(name, train_augment, augment, native)
-  decoder = _check_image_options(name, channels, lighting, device_normalize,
-                                 decoder)
+  channels, native = tfds_options.image_layout(name,
+                                               tuple(image_feature.shape))
+  size = tfds_options.output_size(name, image_size, native)
+  train_augment = tfds_options.resolve_train_augment(name, train_augment,
+                                                     augment, native)
+  decoder = tfds_options.check_image_options(name, channels, lighting,
+                                             device_normalize, decoder)
   if num_classes is None:
     num_classes = getattr(features[label_key], 'num_classes', None)
     if num_classes is None:
