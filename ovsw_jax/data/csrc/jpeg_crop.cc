@@ -53,6 +53,14 @@ void ErrorExit(j_common_ptr cinfo) {
 
 void SilentMessage(j_common_ptr, int) {}  // Warnings: decode what is there.
 
+// Errors longjmp back to the caller's setjmp (which must be in the caller's
+// own frame) with libjpeg's message.
+void InitErrors(jpeg_decompress_struct* cinfo, ErrorManager* err) {
+  cinfo->err = jpeg_std_error(&err->pub);
+  err->pub.error_exit = ErrorExit;
+  err->pub.emit_message = SilentMessage;
+}
+
 // PIL's resample coefficients for one axis (precompute_coeffs, BILINEAR):
 // output pixel i reads input [first[i], first[i] + count[i]) with weights
 // weights[i * taps + k], for the box [in0, in1) of an axis of length in_size.
@@ -129,9 +137,7 @@ extern "C" int ovsw_jpeg_size(const uint8_t* data, int64_t size,
                               int32_t* hw) {
   jpeg_decompress_struct cinfo;
   ErrorManager err;
-  cinfo.err = jpeg_std_error(&err.pub);
-  err.pub.error_exit = ErrorExit;
-  err.pub.emit_message = SilentMessage;
+  InitErrors(&cinfo, &err);
   if (setjmp(err.jump)) {
     jpeg_destroy_decompress(&cinfo);
     return -1;
@@ -163,9 +169,7 @@ int DecodeBox(const uint8_t* data, int64_t size, const double* box,
               char* err_out, int32_t err_len) {
   jpeg_decompress_struct cinfo;
   ErrorManager err;
-  cinfo.err = jpeg_std_error(&err.pub);
-  err.pub.error_exit = ErrorExit;
-  err.pub.emit_message = SilentMessage;
+  InitErrors(&cinfo, &err);
   if (setjmp(err.jump)) {
     std::snprintf(err_out, err_len, "%s", err.message);
     jpeg_destroy_decompress(&cinfo);
@@ -229,27 +233,18 @@ int DecodeBox(const uint8_t* data, int64_t size, const double* box,
 typedef float Pixel __attribute__((vector_size(16)));
 typedef int32_t Ints __attribute__((vector_size(16)));
 
-// One output row's horizontal pass over RGBX floats: T taps per pixel (the
-// axis' padded tap count; weights past a pixel's own count are 0).
+// One output row's horizontal pass over RGBX floats. T > 0: T taps per
+// pixel, unrolled (the axis' padded tap count; weights past a pixel's own
+// count are 0); T = 0: each pixel's own count.
 template <int T>
 void HorizontalRow(const Pixel* src, const Axis& ax, int x_base, int out_w,
                    Pixel* dst) {
   for (int i = 0; i < out_w; ++i) {
     const float* w = ax.weights.data() + static_cast<size_t>(i) * ax.taps;
     const Pixel* p = src + (ax.first[i] - x_base);
+    const int n = T > 0 ? T : ax.count[i];
     Pixel acc = {0, 0, 0, 0};
-    for (int k = 0; k < T; ++k) acc += w[k] * p[k];
-    dst[i] = acc;
-  }
-}
-
-void HorizontalRowAny(const Pixel* src, const Axis& ax, int x_base,
-                      int out_w, Pixel* dst) {
-  for (int i = 0; i < out_w; ++i) {
-    const float* w = ax.weights.data() + static_cast<size_t>(i) * ax.taps;
-    const Pixel* p = src + (ax.first[i] - x_base);
-    Pixel acc = {0, 0, 0, 0};
-    for (int k = 0; k < ax.count[i]; ++k) acc += w[k] * p[k];
+    for (int k = 0; k < n; ++k) acc += w[k] * p[k];
     dst[i] = acc;
   }
 }
@@ -281,7 +276,7 @@ void Resize(const Decoded& d, int32_t out_h, int32_t out_w, uint8_t* out) {
                                row.data()); break;
       case 4: HorizontalRow<4>(col.data(), d.ax, d.x_base, out_w,
                                row.data()); break;
-      default: HorizontalRowAny(col.data(), d.ax, d.x_base, out_w,
+      default: HorizontalRow<0>(col.data(), d.ax, d.x_base, out_w,
                                 row.data());
     }
     uint8_t* dst = out + static_cast<size_t>(j) * out_w * 3;

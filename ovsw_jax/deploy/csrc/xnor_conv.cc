@@ -22,13 +22,14 @@
 // VPOPCNTQ (or per scalar POPCNT otherwise), accumulated in registers over
 // every tap and word of one output pixel. The kernel body is compiled once per
 // instruction set (AVX-512 VPOPCNTDQ, AVX2, baseline) and the widest the CPU
-// supports is chosen at load time.
+// supports is chosen at load time. Output rows are split over XLA's intra-op
+// thread pool (up to the `threads` attribute) when a layer has enough work.
 
 #include <algorithm>
 #include <condition_variable>
-#include <mutex>
 #include <cstdint>
 #include <cstring>
+#include <mutex>
 #include <vector>
 
 #if defined(__x86_64__)
@@ -67,18 +68,56 @@ __attribute__((always_inline)) inline void PackRows(
   }
 }
 
-// One output pixel's channels [co0, co0 + B): B is kBlock, or the remainder.
+// One output pixel: its batch index, the top-left input position of its
+// window, the taps inside the image ([i_lo, i_hi) x [j_lo, j_hi)) and its
+// C_out outputs.
+struct Span {
+  int64_t n, ih0, iw0, i_lo, i_hi, j_lo, j_hi;
+  int32_t* out;
+  // The packed words of tap (i, j), and the weights of its first word.
+  const uint64_t* x(const uint64_t* packed, const Geometry& g, int64_t i,
+                    int64_t j) const {
+    return packed + ((n * g.h + ih0 + i) * g.w + iw0 + j) * g.words;
+  }
+  int64_t bits(const Geometry& g) const {
+    return (i_hi - i_lo) * (j_hi - j_lo) * g.c;
+  }
+};
+
+// Calls channels(span) for every output pixel of rows [row_begin, row_end)
+// (rows are (n, oh) pairs). Inlined into each instruction set's function,
+// so `channels` (a functor compiled for that set) is too.
+template <typename Channels>
+__attribute__((always_inline)) inline void ForEachPixel(
+    const Geometry& g, int32_t* out, int64_t row_begin, int64_t row_end,
+    const Channels& channels) {
+  for (int64_t row = row_begin; row < row_end; ++row) {
+    Span s;
+    s.n = row / g.ho;
+    s.ih0 = (row % g.ho) * g.sh - g.pad_h;
+    s.i_lo = std::max<int64_t>(0, -s.ih0);
+    s.i_hi = std::min<int64_t>(g.kh, g.h - s.ih0);
+    for (int64_t ow = 0; ow < g.wo; ++ow) {
+      s.iw0 = ow * g.sw - g.pad_w;
+      s.j_lo = std::max<int64_t>(0, -s.iw0);
+      s.j_hi = std::min<int64_t>(g.kw, g.w - s.iw0);
+      s.out = out + (row * g.wo + ow) * g.c_out;
+      channels(s);
+    }
+  }
+}
+
+// One pixel's channels [co0, co0 + B) with scalar POPCNT: B is kBlock, or
+// fewer (count) for the remainder.
 template <int B>
 __attribute__((always_inline)) inline void Block(
-    const uint64_t* packed, const uint64_t* w, int32_t* out,
-    const Geometry& g, int64_t n, int64_t ih0, int64_t iw0, int64_t i_lo,
-    int64_t i_hi, int64_t j_lo, int64_t j_hi, int64_t co0, int64_t count) {
+    const uint64_t* packed, const uint64_t* w, const Geometry& g,
+    const Span& s, int64_t co0, int64_t count) {
   uint64_t acc[B];
   for (int b = 0; b < B; ++b) acc[b] = 0;
-  for (int64_t i = i_lo; i < i_hi; ++i) {
-    for (int64_t j = j_lo; j < j_hi; ++j) {
-      const uint64_t* xp = packed + ((n * g.h + ih0 + i) * g.w + iw0 + j) *
-                                        g.words;
+  for (int64_t i = s.i_lo; i < s.i_hi; ++i) {
+    for (int64_t j = s.j_lo; j < s.j_hi; ++j) {
+      const uint64_t* xp = s.x(packed, g, i, j);
       const uint64_t* wp = w + (i * g.kw + j) * g.words * g.c_out + co0;
       for (int64_t q = 0; q < g.words; ++q) {
         const uint64_t xv = xp[q];
@@ -91,40 +130,39 @@ __attribute__((always_inline)) inline void Block(
       }
     }
   }
-  const int64_t bits = (i_hi - i_lo) * (j_hi - j_lo) * g.c;
   for (int b = 0; b < B; ++b) {
     if (B == kBlock || b < count) {
-      out[co0 + b] = static_cast<int32_t>(bits - 2 * static_cast<int64_t>(
-                                                         acc[b]));
+      s.out[co0 + b] = static_cast<int32_t>(
+          s.bits(g) - 2 * static_cast<int64_t>(acc[b]));
     }
   }
 }
 
-// Output rows [row_begin, row_end) (rows are (n, oh) pairs).
+// Every channel of a pixel, from `co0` on, in kBlock blocks (portable).
+__attribute__((always_inline)) inline void ScalarChannels(
+    const uint64_t* packed, const uint64_t* w, const Geometry& g,
+    const Span& s, int64_t co0) {
+  for (; co0 + kBlock <= g.c_out; co0 += kBlock) {
+    Block<kBlock>(packed, w, g, s, co0, kBlock);
+  }
+  if (co0 < g.c_out) {
+    Block<kBlock - 1>(packed, w, g, s, co0, g.c_out - co0);
+  }
+}
+
+struct PortableChannels {
+  const uint64_t* packed;
+  const uint64_t* w;
+  const Geometry& g;
+  __attribute__((always_inline)) void operator()(const Span& s) const {
+    ScalarChannels(packed, w, g, s, 0);
+  }
+};
+
 __attribute__((always_inline)) inline void ConvRows(
     const uint64_t* packed, const uint64_t* w, int32_t* out,
     const Geometry& g, int64_t row_begin, int64_t row_end) {
-  for (int64_t row = row_begin; row < row_end; ++row) {
-    const int64_t n = row / g.ho, oh = row % g.ho;
-    const int64_t ih0 = oh * g.sh - g.pad_h;
-    const int64_t i_lo = std::max<int64_t>(0, -ih0);
-    const int64_t i_hi = std::min<int64_t>(g.kh, g.h - ih0);
-    for (int64_t ow = 0; ow < g.wo; ++ow) {
-      const int64_t iw0 = ow * g.sw - g.pad_w;
-      const int64_t j_lo = std::max<int64_t>(0, -iw0);
-      const int64_t j_hi = std::min<int64_t>(g.kw, g.w - iw0);
-      int32_t* o = out + (row * g.wo + ow) * g.c_out;
-      int64_t co0 = 0;
-      for (; co0 + kBlock <= g.c_out; co0 += kBlock) {
-        Block<kBlock>(packed, w, o, g, n, ih0, iw0, i_lo, i_hi, j_lo, j_hi,
-                      co0, kBlock);
-      }
-      if (co0 < g.c_out) {
-        Block<kBlock - 1>(packed, w, o, g, n, ih0, iw0, i_lo, i_hi, j_lo,
-                          j_hi, co0, g.c_out - co0);
-      }
-    }
-  }
+  ForEachPixel(g, out, row_begin, row_end, PortableChannels{packed, w, g});
 }
 
 using PackFn = void (*)(const float*, uint64_t*, const Geometry&, int64_t,
@@ -141,16 +179,13 @@ using PeakFn = uint64_t (*)(const uint64_t*, int64_t, int64_t);
 // XORed, popcounted and summed in V zmm registers.
 template <int V>
 OVSW_AVX512 inline void BlockAvx512(const uint64_t* packed,
-                                    const uint64_t* w, int32_t* out,
-                                    const Geometry& g, int64_t n, int64_t ih0,
-                                    int64_t iw0, int64_t i_lo, int64_t i_hi,
-                                    int64_t j_lo, int64_t j_hi, int64_t co0) {
+                                    const uint64_t* w, const Geometry& g,
+                                    const Span& s, int64_t co0) {
   __m512i acc[V];
   for (int v = 0; v < V; ++v) acc[v] = _mm512_setzero_si512();
-  for (int64_t i = i_lo; i < i_hi; ++i) {
-    for (int64_t j = j_lo; j < j_hi; ++j) {
-      const uint64_t* xp = packed + ((n * g.h + ih0 + i) * g.w + iw0 + j) *
-                                        g.words;
+  for (int64_t i = s.i_lo; i < s.i_hi; ++i) {
+    for (int64_t j = s.j_lo; j < s.j_hi; ++j) {
+      const uint64_t* xp = s.x(packed, g, i, j);
       const uint64_t* wp = w + (i * g.kw + j) * g.words * g.c_out + co0;
       for (int64_t q = 0; q < g.words; ++q) {
         const __m512i xv = _mm512_set1_epi64(static_cast<int64_t>(xp[q]));
@@ -163,43 +198,36 @@ OVSW_AVX512 inline void BlockAvx512(const uint64_t* packed,
       }
     }
   }
-  const __m512i bits = _mm512_set1_epi64((i_hi - i_lo) * (j_hi - j_lo) * g.c);
+  const __m512i bits = _mm512_set1_epi64(s.bits(g));
   for (int v = 0; v < V; ++v) {
     const __m512i r = _mm512_sub_epi64(bits, _mm512_slli_epi64(acc[v], 1));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + co0 + 8 * v),
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(s.out + co0 + 8 * v),
                         _mm512_cvtepi64_epi32(r));
   }
 }
 
+struct Avx512Channels {
+  const uint64_t* packed;
+  const uint64_t* w;
+  const Geometry& g;
+  OVSW_AVX512 void operator()(const Span& s) const {
+    int64_t co0 = 0;
+    for (; co0 + 32 <= g.c_out; co0 += 32) {
+      BlockAvx512<4>(packed, w, g, s, co0);
+    }
+    for (; co0 + 8 <= g.c_out; co0 += 8) {
+      BlockAvx512<1>(packed, w, g, s, co0);
+    }
+    ScalarChannels(packed, w, g, s, co0);  // Fewer than 8 channels left.
+  }
+};
+
 OVSW_AVX512 void ConvAvx512(const uint64_t* p, const uint64_t* w, int32_t* o,
                             const Geometry& g, int64_t row_begin,
                             int64_t row_end) {
-  for (int64_t row = row_begin; row < row_end; ++row) {
-    const int64_t n = row / g.ho, oh = row % g.ho;
-    const int64_t ih0 = oh * g.sh - g.pad_h;
-    const int64_t i_lo = std::max<int64_t>(0, -ih0);
-    const int64_t i_hi = std::min<int64_t>(g.kh, g.h - ih0);
-    for (int64_t ow = 0; ow < g.wo; ++ow) {
-      const int64_t iw0 = ow * g.sw - g.pad_w;
-      const int64_t j_lo = std::max<int64_t>(0, -iw0);
-      const int64_t j_hi = std::min<int64_t>(g.kw, g.w - iw0);
-      int32_t* out = o + (row * g.wo + ow) * g.c_out;
-      int64_t co0 = 0;
-      for (; co0 + 32 <= g.c_out; co0 += 32) {
-        BlockAvx512<4>(p, w, out, g, n, ih0, iw0, i_lo, i_hi, j_lo, j_hi,
-                       co0);
-      }
-      for (; co0 + 8 <= g.c_out; co0 += 8) {
-        BlockAvx512<1>(p, w, out, g, n, ih0, iw0, i_lo, i_hi, j_lo, j_hi,
-                       co0);
-      }
-      if (co0 < g.c_out) {  // Fewer than 8 channels left.
-        Block<kBlock - 1>(p, w, out, g, n, ih0, iw0, i_lo, i_hi, j_lo, j_hi,
-                          co0, g.c_out - co0);
-      }
-    }
-  }
+  ForEachPixel(g, o, row_begin, row_end, Avx512Channels{p, w, g});
 }
+
 // The popcount peak: the conv's instruction mix (broadcast, XOR, VPOPCNTQ,
 // add) on operands in registers and L1, 8 independent accumulators.
 OVSW_AVX512 uint64_t PeakAvx512(const uint64_t* x, int64_t n, int64_t reps) {
