@@ -16,7 +16,8 @@ All arms read the same generated JPEGs (`lib.jpeg_dataset`):
 
 Per core (``per_core``): a worker process pinned to one core (before
 TensorFlow or JAX start) runs each arm alone, fresh, for ``--rounds``
-rounds: 2 untimed batches, then every batch of the round timed back to back.
+rounds (odd rounds in reverse order): 2 untimed batches, then every batch of
+the round timed back to back.
 tf.data computes ahead on background threads (a fused map-and-batch, an
 injected prefetch), so arms cannot take turns batch by batch; pinned, its
 threads share the one core, and images/s is images per core-second.
@@ -246,14 +247,18 @@ def per_core_worker(data_dir: str, batch: int, decoders: tuple[str, ...],
                     num_eval: int, steps: int, rounds: int) -> dict[str, Any]:
   """Every arm alone, `rounds` times, in this (pinned) process."""
   arms = _arms(data_dir, batch, decoders, num_eval)
-  pooled = {name: {'times': [], 'cpu': []} for name in arms}
+  pooled = {name: {'times': [], 'cpu': [], 'rounds': []} for name in arms}
   load = []
-  for _ in range(rounds):
-    for name, make in arms.items():
+  for r in range(rounds):
+    # Odd rounds run the arms in reverse: a drift in the machine's speed
+    # over the run then hits ours and tf.data's arms alike.
+    order = list(arms.items())[::-1 if r % 2 else 1]
+    for name, make in order:
       load.append(os.getloadavg()[0])
       o = _time_alone(make, steps)
       pooled[name]['times'] += o['times']
       pooled[name]['cpu'].append(o['cpu_utilization'])
+      pooled[name]['rounds'].append(batch / float(np.median(o['times'])))
   out = {}
   for name, p in pooled.items():
     med = float(np.median(p['times']))
@@ -261,7 +266,9 @@ def per_core_worker(data_dir: str, batch: int, decoders: tuple[str, ...],
     out[name] = {'images_per_s': batch / med,
                  'images_per_cpu_s': batch / med / max(util, 1e-9),
                  'batch_s_median': med, 'cpu_utilization': util,
-                 'timed_batches': len(p['times'])}
+                 'timed_batches': len(p['times']),
+                 # Each round's images/s: the spread across the run.
+                 'images_per_s_by_round': p['rounds']}
   return {'arms': out, 'load_1min': load,
           'cpu_affinity': sorted(os.sched_getaffinity(0))}
 
@@ -309,7 +316,7 @@ def _threaded(data_dir: str, batch: int, steps: int) -> dict[str, Any]:
 
 def run(num_images: int, num_eval: int, batch: int,
         decoders: tuple[str, ...], data_dir: str | None = None,
-        rounds: int = 2) -> dict[str, Any]:
+        rounds: int = 4) -> dict[str, Any]:
   """Generates the dataset (unless given), times every arm; the result."""
   if rounds < 1:
     raise ValueError(f'--rounds={rounds} must be >= 1')
@@ -325,9 +332,13 @@ def run(num_images: int, num_eval: int, batch: int,
   if tf_present:
     for dec in decoders:
       for kind in ('train', 'eval'):
+        ours, theirs = arm_out[f'ours_{kind}_{dec}'], arm_out[f'tfdata_{kind}']
         ratios[f'{kind}_{dec}_per_core_vs_tfdata'] = (
-            arm_out[f'ours_{kind}_{dec}']['images_per_cpu_s'] /
-            arm_out[f'tfdata_{kind}']['images_per_cpu_s'])
+            ours['images_per_cpu_s'] / theirs['images_per_cpu_s'])
+        # Round by round (the arms of a round ran back to back).
+        ratios[f'{kind}_{dec}_per_core_vs_tfdata_by_round'] = [
+            a / b for a, b in zip(ours['images_per_s_by_round'],
+                                  theirs['images_per_s_by_round'])]
   train_bytes = _jpeg_bytes(data_dir, 'train')
   sizes = [jpeg_dataset.header_size(b) for b in train_bytes]
   return {
@@ -395,7 +406,7 @@ def main(argv=None) -> None:
   parser.add_argument('--num_images', type=int, default=2000)
   parser.add_argument('--num_eval', type=int, default=500)
   parser.add_argument('--batch', type=int, default=32)
-  parser.add_argument('--rounds', type=int, default=2)
+  parser.add_argument('--rounds', type=int, default=4)
   parser.add_argument('--decoders', default=','.join(
       (('native',) if native_jpeg.available() else ()) +
       ('pil_draft', 'simplejpeg')))

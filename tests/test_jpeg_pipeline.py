@@ -138,7 +138,7 @@ def test_input_pipeline_benchmark_tiny(tmp_path):
   # Per core: a worker pinned to one core, every arm alone, 2 rounds of 2.
   assert len(r['per_core_cpu_affinity']) == 1
   for name, a in arms.items():
-    assert a['timed_batches'] == 4
+    assert a['timed_batches'] == 4 and len(a['images_per_s_by_round']) == 2
     assert a['images_per_s'] == pytest.approx(4 / a['batch_s_median'])
     assert a['cpu_utilization'] <= 1.05
     assert a['images_per_cpu_s'] == pytest.approx(
@@ -151,6 +151,7 @@ def test_input_pipeline_benchmark_tiny(tmp_path):
     assert r['ratios']['train_pil_draft_per_core_vs_tfdata'] == pytest.approx(
         arms['ours_train_pil_draft']['images_per_cpu_s'] /
         arms['tfdata_train']['images_per_cpu_s'])
+    assert len(r['ratios']['eval_pil_draft_per_core_vs_tfdata_by_round']) == 2
   # Every core: ours with a thread per core (the native decoder, if built).
   threaded = r['threaded']
   assert threaded['cores'] == len(os.sched_getaffinity(0))
