@@ -56,7 +56,6 @@ from ovsw_jax import data
 from ovsw_jax.data import augment
 from ovsw_jax.data import jpeg
 from ovsw_jax.data import native_jpeg
-from ovsw_jax.data import pipeline
 from ovsw_jax.data import tfds_source
 
 SIZE = 224
@@ -64,21 +63,16 @@ SIZE = 224
 _ROOT = str(Path(__file__).resolve().parents[1])
 
 
-def _ours_train(data_dir: str, batch: int, workers: int, decoder: str,
+def _ours_train(data_dir: str, batch: int, decoder: str,
                 device_normalize: bool, num_threads: int | None = 0):
-  threads = num_threads if num_threads is not None else (
-      pipeline.default_num_threads(_source(data_dir), 2))
-  prefetch = max(threads, 0 if workers == 0 else 2)
+  """Our train iterator: num_threads=0 builds each batch on demand in the
+  calling thread; None takes the default (`pipeline.default_num_threads`)."""
   it = data.create_train_iterator(
       jpeg_dataset.DATASET, data_dir, batch, seed=0, process_index=0,
-      process_count=1, worker_count=workers, prefetch=prefetch,
-      num_threads=threads, decoder=decoder,
+      process_count=1, prefetch=0 if num_threads == 0 else 2,
+      num_threads=num_threads, decoder=decoder,
       device_normalize=device_normalize, image_size=SIZE)
   return lambda: next(it)['image']
-
-
-def _source(data_dir: str):
-  return data.get_source(jpeg_dataset.DATASET, data_dir, image_size=SIZE)
 
 
 def _ours_eval(data_dir: str, batch: int, decoder: str, num_eval: int):
@@ -212,11 +206,11 @@ def _arms(data_dir: str, batch: int, decoders: tuple[str, ...],
   arms: dict[str, Callable[[], Callable[[], Any]]] = {}
   for dec in decoders:
     arms[f'ours_train_{dec}'] = functools.partial(
-        _ours_train, data_dir, batch, 0, dec, True)
+        _ours_train, data_dir, batch, dec, True)
     arms[f'ours_eval_{dec}'] = functools.partial(_ours_eval, data_dir, batch,
                                                  dec, num_eval)
   arms['ours_train_pil_float'] = functools.partial(
-      _ours_train, data_dir, batch, 0, 'pil', False)
+      _ours_train, data_dir, batch, 'pil', False)
   if _has_tf():
     arms['tfdata_train'] = lambda: _tfdata(_jpeg_bytes(data_dir, 'train'),
                                            batch, True)
@@ -298,7 +292,7 @@ def _threaded(data_dir: str, batch: int, steps: int) -> dict[str, Any]:
   arms = {}
   if native_jpeg.available():
     arms['ours_train_native_threads'] = functools.partial(
-        _ours_train, data_dir, batch, 0, 'native', True, num_threads=None)
+        _ours_train, data_dir, batch, 'native', True, num_threads=None)
   if _has_tf():
     arms['tfdata_train_threads'] = lambda: _tfdata(
         _jpeg_bytes(data_dir, 'train'), batch, True, cores)

@@ -27,6 +27,7 @@ random numbers (and hence resume) do not depend on the decoder.
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 from typing import Callable
@@ -135,14 +136,18 @@ def decode_crop_resize(data: bytes, box_fn: BoxFn, out_hw: tuple[int, int],
     data: encoded image (JPEG gets the scaled decode; others decode fully).
     box_fn: (full height, full width) -> (top, left, h, w) of the crop.
     out_hw: output (height, width).
-    decoder: one of `DECODERS` but 'auto' (resolve it with
-      `check_decoder`).
+    decoder: one of `DECODERS` ('auto' resolved by `check_decoder`).
 
   Returns:
     uint8 [out_h, out_w, 3].
   """
-  if decoder == 'native':
-    return _decode_native(data, box_fn, out_hw)
-  if decoder == 'simplejpeg':
-    return _decode_simplejpeg(data, box_fn, out_hw)
-  return _decode_pil(data, box_fn, out_hw, draft=decoder == 'pil_draft')
+  return _DECODE[check_decoder(decoder)](data, box_fn, out_hw)
+
+
+# decoder -> (data, box_fn, out_hw) -> uint8 pixels.
+_DECODE: dict[str, Callable[[bytes, BoxFn, tuple[int, int]], np.ndarray]] = {
+    'native': _decode_native,
+    'pil': functools.partial(_decode_pil, draft=False),
+    'pil_draft': functools.partial(_decode_pil, draft=True),
+    'simplejpeg': _decode_simplejpeg,
+}

@@ -49,6 +49,7 @@ def _load() -> Optional[ctypes.CDLL]:
     return None
   lib = ctypes.CDLL(str(path))
   lib.ovsw_xnor_isa.restype = ctypes.c_char_p
+  lib.ovsw_xnor_peak.restype = ctypes.c_int64
   jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.OvswXnorConv),
                               platform="cpu")
   return lib
@@ -148,7 +149,6 @@ def peak_bit_ops(words: np.ndarray, reps: int) -> int:
     raise RuntimeError("the native XNOR kernel is not built")
   words = np.ascontiguousarray(words, np.uint64)
   checksum = ctypes.c_uint64()
-  lib.ovsw_xnor_peak.restype = ctypes.c_int64
   return int(lib.ovsw_xnor_peak(
       words.ctypes.data_as(ctypes.c_void_p), ctypes.c_int64(words.size),
       ctypes.c_int64(reps), ctypes.byref(checksum)))
