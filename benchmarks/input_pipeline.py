@@ -27,6 +27,11 @@ All cores (``threaded``): each side alone on every core of the process: our
 train iterator with the native decoder and one thread per core
 (`pipeline.default_num_threads`), and tf.data with a parallel map of as many
 calls. Plus where the time goes in ours, per image (``breakdown``).
+``--fidelity_only`` instead measures how far each decoder's train crops are
+from PIL's full decode of the same boxes (`fidelity`)::
+
+    python -m benchmarks.input_pipeline --fidelity_only --num_images 40 \
+        --out benchmarks/results/jpeg_fidelity.json
 
     python -m benchmarks.input_pipeline --num_images 2000 \
         --out benchmarks/results/input_pipeline.json \
@@ -286,6 +291,41 @@ def _per_core(data_dir: str, batch: int, decoders: tuple[str, ...],
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def fidelity(images: list[bytes], decoders: tuple[str, ...],
+             n: int = 40) -> dict[str, Any]:
+  """How far each decoder's train crops are from PIL's full decode of the
+  same boxes (absolute difference in levels of 255: mean, p99, max); and,
+  with TensorFlow, tf.data's decode_and_crop_jpeg + bicubic resize."""
+  n = min(n, len(images))
+  u = augment.uniforms(0, 0, np.arange(n), augment.RESIZED_CROP,
+                       4 * augment.RESIZED_CROP_ATTEMPTS)
+  refs, boxes = [], []
+  for i in range(n):
+    box_fn = functools.partial(augment.random_resized_crop_box, u=u[i])
+    boxes.append(box_fn)
+    refs.append(jpeg.decode_crop_resize(images[i], box_fn, (SIZE, SIZE),
+                                        'pil').astype(int))
+  arms = {dec: (lambda i, dec=dec: jpeg.decode_crop_resize(
+      images[i], boxes[i], (SIZE, SIZE), dec)) for dec in decoders}
+  if _has_tf():
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+    def tf_crop(i):
+      h, w = jpeg_dataset.header_size(images[i])
+      box = [int(v) for v in boxes[i](h, w)]
+      img = tf.image.decode_and_crop_jpeg(images[i], box, channels=3)
+      img = tf.image.resize([img], [SIZE, SIZE], 'bicubic')[0].numpy()
+      return np.clip(np.round(img), 0, 255)
+    arms['tfdata_bicubic'] = tf_crop
+  out = {}
+  for name, fn in arms.items():
+    e = np.concatenate([np.abs(fn(i).astype(int) - refs[i]).ravel()
+                        for i in range(n)])
+    out[name] = {'mean': float(e.mean()),
+                 'p99': float(np.percentile(e, 99)), 'max': int(e.max())}
+  return {'images': n, 'vs': 'pil full decode', 'decoders': out}
+
+
 def _threaded(data_dir: str, batch: int, steps: int) -> dict[str, Any]:
   """Every core of the process, each side alone: images/s (wall)."""
   cores = len(os.sched_getaffinity(0))
@@ -407,6 +447,8 @@ def main(argv=None) -> None:
   parser.add_argument('--data_dir', default=None)
   parser.add_argument('--out', default=None)
   parser.add_argument('--plot', default=None, help='PNG path')
+  parser.add_argument('--fidelity_only', action='store_true',
+                      help='only compare decoders with PIL (see fidelity)')
   parser.add_argument('--plot_only', default=None,
                       help='plot this JSON result and exit')
   # The pinned per-core worker (see `_per_core`).
@@ -431,6 +473,14 @@ def main(argv=None) -> None:
     print(json.dumps(per_core_worker(
         worker['_per_core_worker'], args.batch, decoders, args.num_eval,
         worker['_steps'], args.rounds)))
+    return
+  if args.fidelity_only:
+    data_dir = args.data_dir or tempfile.mkdtemp(prefix='ovsw_jpeg_')
+    jpeg_dataset.write_dataset(data_dir, args.num_images, args.num_eval)
+    result = {**fidelity(_jpeg_bytes(data_dir, 'train'), decoders,
+                         args.num_images),
+              'machine': machine.machine_info()}
+    results.write_json(result, args.out)
     return
   result = run(args.num_images, args.num_eval, args.batch, decoders,
                args.data_dir, args.rounds)

@@ -160,3 +160,15 @@ def test_input_pipeline_benchmark_tiny(tmp_path):
   assert r['breakdown_s_per_image']['transfer_uint8'] > 0
   with pytest.raises(ValueError, match='rounds=0'):
     input_pipeline.run(8, 8, 4, ('pil_draft',), str(tmp_path), rounds=0)
+
+
+def test_fidelity_against_pils_full_decode(tiny_jpegs):
+  from benchmarks import input_pipeline  # pylint: disable=g-import-not-at-top
+  root, _ = tiny_jpegs
+  images = input_pipeline._jpeg_bytes(root, 'train')  # pylint: disable=protected-access
+  r = input_pipeline.fidelity(images, ('pil', 'pil_draft'), n=4)
+  assert r['images'] == 4
+  # PIL against itself: identical.
+  assert r['decoders']['pil'] == {'mean': 0.0, 'p99': 0.0, 'max': 0}
+  d = r['decoders']['pil_draft']
+  assert 0 <= d['mean'] <= d['p99'] <= d['max'] <= 255
