@@ -104,6 +104,13 @@ setup(
             # localhost (tests/gcs_emulator.py).
             "ovsw_jax[gcs]",
             "gcp-storage-emulator>=2026.7",
+            # tests/test_docs.py builds the site strictly.
+            "ovsw_jax[docs]",
+        ],
+        # The documentation site (docs/, Sphinx with MyST Markdown).
+        "docs": [
+            "sphinx>=8.0",
+            "myst-parser>=4.0",
         ],
         # gs:// workdirs: etils.epath (metrics, config.json, TensorBoard's
         # reader) goes through gcsfs; tensorboardX writes gs:// event files

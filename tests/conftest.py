@@ -97,3 +97,17 @@ def persistent_compile_cache(tmp_path_factory):
 _CACHE_ENV = ("JAX_COMPILATION_CACHE_DIR",
               "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
               "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES")
+
+
+def pytest_terminal_summary(terminalreporter):
+  """One line at the end of the run when tests skipped for want of CIFAR-10
+  (README, "Tests that need data"), so a green run says what it left out."""
+  skipped = terminalreporter.stats.get("skipped", [])
+  reasons = [r.longrepr[2] for r in skipped
+             if isinstance(getattr(r, "longrepr", None), tuple)]
+  missing = sum("CIFAR-10" in reason for reason in reasons)
+  if missing:
+    terminalreporter.write_line(
+        f"{missing} test(s) skipped: the real CIFAR-10 was not found under "
+        f"{CIFAR_DIR}; set OVSW_DATA_DIR to the folder holding "
+        "cifar-10-batches-bin to run them.")

@@ -1,4 +1,4 @@
-"""README's deployment commands on the quickstart's kind of run (digits)."""
+"""The deployment page's commands on the quickstart's kind of run (digits)."""
 
 import json
 import os

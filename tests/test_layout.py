@@ -1,7 +1,7 @@
 """The package's architecture, checked: one-way imports, no cycles, small rooms.
 
 Data flows one way: ops, then layers, then models, then transforms, then
-training, then deploy (README, "Layout"). These tests read the source with
+training, then deploy (docs/layout.md). These tests read the source with
 `ast`, so a new module that breaks the order, a cycle, an outside document
 cited in a docstring or an outgrown module fails here, naming the file.
 """
@@ -68,7 +68,7 @@ def test_every_room_has_a_rank():
   unknown = sorted(rooms - set(RANKS))
   assert not unknown, (
       f"ovsw_jax rooms {unknown} have no place in the import order: add them "
-      "to RANKS in tests/test_layout.py (and README's Layout)")
+      "to RANKS in tests/test_layout.py (and docs/layout.md)")
 
 
 def test_imports_run_one_way():
