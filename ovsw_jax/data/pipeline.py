@@ -32,6 +32,15 @@ Datasets (the `dataset` argument):
   eval_split, image_key, label_key, num_classes, train_augment, augment,
   min_scale, lighting, mean, std, decoder, device_normalize (uint8 images,
   normalised in the jitted step: `device_normalize.normalizer`).
+- "imagefolder": ``data_dir/train/<class>/<image>`` and ``data_dir/val/...``
+  as torchvision's ImageFolder reads them (`imagefolder.make_source`),
+  ImageNet's transforms. Options: image_size, train_split, eval_split,
+  classes, eval_labels, skip_corrupt, augment, min_scale, lighting, mean,
+  std, decoder, device_normalize, manifest_dir, manifest_check.
+- "image_records": the array_record shards `prepare` writes from an image
+  folder or ILSVRC2012's archives (`image_records.make_source`): the same
+  examples in the same order. Options: image_size, train_split, eval_split,
+  augment, min_scale, lighting, mean, std, decoder, device_normalize.
 """
 
 from __future__ import annotations
@@ -49,6 +58,8 @@ import numpy as np
 
 from ovsw_jax.data import cifar
 from ovsw_jax.data import digits
+from ovsw_jax.data import image_records
+from ovsw_jax.data import imagefolder
 from ovsw_jax.data import synthetic
 from ovsw_jax.data import tfds_source
 from ovsw_jax.data.source import DatasetInfo, Source
@@ -64,6 +75,8 @@ _FACTORIES: dict[str, tuple[Callable[..., Source], bool]] = {
     'synthetic': (synthetic.make_source, False),
     'imagenet2012': (functools.partial(tfds_source.make_source,
                                        'imagenet2012'), True),
+    'imagefolder': (imagefolder.make_source, True),
+    'image_records': (image_records.make_source, True),
 }
 _TFDS_PREFIX = 'tfds:'
 
