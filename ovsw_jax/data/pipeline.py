@@ -92,14 +92,8 @@ def _freeze(value: Any) -> Any:
   return value
 
 
-def get_source(dataset: str, data_dir: str | None = None,
-               **options: Any) -> Source:
-  """The data source named `dataset` (see the module docstring), cached.
-
-  Raises:
-    ValueError: unknown dataset name or option.
-    DataNotFoundError: the dataset's files are missing.
-  """
+def _factory(dataset: str) -> tuple[Callable[..., Source], bool, list[str]]:
+  """(factory, whether it takes data_dir, its option names) of a dataset."""
   if not isinstance(dataset, str):
     raise ValueError(f'dataset must be a name (str), got {dataset!r}.')
   if dataset.startswith(_TFDS_PREFIX):
@@ -118,6 +112,27 @@ def get_source(dataset: str, data_dir: str | None = None,
                      f'{sorted(_FACTORIES)} or "tfds:<name>".')
   valid = [p for p in signature.parameters
            if p not in ('name', 'data_dir', 'display_name')]
+  return factory, takes_dir, valid
+
+
+def dataset_options(dataset: str) -> list[str]:
+  """The option names a dataset takes (``dataset_options`` keys).
+
+  Raises:
+    ValueError: unknown dataset name.
+  """
+  return _factory(dataset)[2]
+
+
+def get_source(dataset: str, data_dir: str | None = None,
+               **options: Any) -> Source:
+  """The data source named `dataset` (see the module docstring), cached.
+
+  Raises:
+    ValueError: unknown dataset name or option.
+    DataNotFoundError: the dataset's files are missing.
+  """
+  factory, takes_dir, valid = _factory(dataset)
   unknown = sorted(set(options) - set(valid))
   if unknown:
     raise ValueError(f'Unknown option(s) {unknown} for dataset {dataset!r}; '
