@@ -185,6 +185,30 @@ def test_gcs_output_is_the_same_bytes(inputs, prepared, gcs_bucket):  # pylint: 
       "generation"] == before
 
 
+def test_a_folder_on_a_bucket_reads_as_the_local_one(inputs, gcs_bucket,  # pylint: disable=redefined-outer-name
+                                                    caplog):
+  import fsspec  # pylint: disable=g-import-not-at-top
+  remote = f"{gcs_bucket}/folder"
+  fs, path = fsspec.core.url_to_fs(remote)
+  for split in ("train", "val"):
+    fs.put(os.path.join(inputs["folder"], split), f"{path}/{split}",
+           recursive=True)
+  local = imagefolder.make_source(inputs["folder"], image_size=SIZE)
+  imagefolder.examples.cache_clear()
+  source = imagefolder.make_source(remote, image_size=SIZE)
+  assert source.info == local.info
+  a, b = (s.encoded("train", np.arange(12)) for s in (source, local))
+  assert a[0] == b[0] and list(a[2]) == list(b[2])
+  assert fs.exists(f"{path}/.ovsw_jax/manifest-train.json.gz")
+  # A later use checks the manifest against the bucket: a deleted image
+  # is noticed (its size is among those checked) and the list rebuilt.
+  fs.rm(f"{path}/train/dog/dog_0002.JPEG")
+  imagefolder.examples.cache_clear()
+  with caplog.at_level("WARNING"):
+    assert imagefolder.make_source(remote).info.num_train == 11
+  assert "is gone or changed" in caplog.text
+
+
 def test_corrupt_image_stops_prepare_or_is_skipped(inputs, tmp_path, capsys):
   src = str(tmp_path / "src")
   shutil.copytree(inputs["folder"], src,

@@ -32,15 +32,9 @@ Datasets (the `dataset` argument):
   eval_split, image_key, label_key, num_classes, train_augment, augment,
   min_scale, lighting, mean, std, decoder, device_normalize (uint8 images,
   normalised in the jitted step: `device_normalize.normalizer`).
-- "imagefolder": ``data_dir/train/<class>/<image>`` and ``data_dir/val/...``
-  as torchvision's ImageFolder reads them (`imagefolder.make_source`),
-  ImageNet's transforms. Options: image_size, train_split, eval_split,
-  classes, eval_labels, skip_corrupt, augment, min_scale, lighting, mean,
-  std, decoder, device_normalize, manifest_dir, manifest_check.
-- "image_records": the array_record shards `prepare` writes from an image
-  folder or ILSVRC2012's archives (`image_records.make_source`): the same
-  examples in the same order. Options: image_size, train_split, eval_split,
-  augment, min_scale, lighting, mean, std, decoder, device_normalize.
+- "imagefolder" (``data_dir/train/<class>/...``, `imagefolder`) and
+  "image_records" (`prepare`'s array_record shards of one, `image_records`):
+  ImageNet's transforms; options in train.py --help.
 """
 
 from __future__ import annotations
@@ -116,11 +110,7 @@ def _factory(dataset: str) -> tuple[Callable[..., Source], bool, list[str]]:
 
 
 def dataset_options(dataset: str) -> list[str]:
-  """The option names a dataset takes (``dataset_options`` keys).
-
-  Raises:
-    ValueError: unknown dataset name.
-  """
+  """The option names a dataset takes; ValueError for an unknown dataset."""
   return _factory(dataset)[2]
 
 
