@@ -130,8 +130,8 @@ def _remote_stale_reason(listing: SplitListing) -> str | None:
     if now != listing.classes:
       return "its class folders differ from the folder's"
   n = len(listing.files)
-  for k in sorted({round(i * (n - 1) / max(1, _SAMPLES - 1))
-                   for i in range(min(n, _SAMPLES))}):
+  m = min(n, _SAMPLES)
+  for k in sorted({round(i * (n - 1) / max(1, m - 1)) for i in range(m)}):
     p = f'{path}/{listing.files[k]}'
     if not fs.exists(p) or int(fs.info(p).get('size', -1)) != \
         listing.sizes[k]:
