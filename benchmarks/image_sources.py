@@ -19,7 +19,8 @@ arm alone for ``--rounds`` rounds (odd rounds in reverse order): 2 untimed
 batches, then every batch of the round timed; images/s per core-second is
 what one core of a host feeds::
 
-  python -m benchmarks.image_sources --out benchmarks/results/image_sources.json \\
+  python -m benchmarks.image_sources \\
+      --out benchmarks/results/image_sources.json \\
       --plot benchmarks/results/image_sources.png
 """
 
@@ -96,11 +97,12 @@ def _arms(dirs: dict[str, str], batch: int
       arms[f'{name}_eval'] = functools.partial(_eval, dataset, dirs[name],
                                                batch)
   if 'tfds' in dirs and input_pipeline._has_tf():  # pylint: disable=protected-access
+    # tf.data exactly as the input benchmark times it, on the same JPEGs.
+    tfdata = input_pipeline._tfdata  # pylint: disable=protected-access
+    jpegs = input_pipeline._jpeg_bytes  # pylint: disable=protected-access
     for split, train in (('train', True), ('eval', False)):
       arms[f'tfdata_{split}'] = functools.partial(
-          lambda s, t: input_pipeline._tfdata(  # pylint: disable=protected-access
-              input_pipeline._jpeg_bytes(dirs['tfds'], s), batch, t),  # pylint: disable=protected-access
-          split, train)
+          lambda s, t: tfdata(jpegs(dirs['tfds'], s), batch, t), split, train)
   return arms
 
 

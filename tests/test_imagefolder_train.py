@@ -167,3 +167,17 @@ def test_train_py_help_lists_every_datasets_options():
                           if head.search(e[0].split("(")[0].strip())))
     for option in data.dataset_options(name):
       assert re.search(rf"\b{option}\b", entry), (name, option)
+
+
+def test_train_py_says_what_is_wrong_with_the_folder_in_one_line(
+    tmp_path, compile_cache):  # pylint: disable=redefined-outer-name
+  folder = folder_data.write_image_folder(str(tmp_path / "data"))
+  empty = os.path.join(folder, "train", "eel")
+  os.makedirs(empty)
+  proc = subprocess.run(train_cmd(tmp_path / "run", _overrides(folder)),
+                        env=subprocess_env(compile_cache), capture_output=True,
+                        text=True, timeout=300, check=False)
+  assert proc.returncode == 1
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: ") and empty in last
+  assert "add images to it or remove the folder" in last

@@ -141,7 +141,8 @@ class ImageRecordsSource(encoded_source.EncodedImageSource):
     ds = _data_source(self.data_dir, shards)
     records = ds.__getitems__([int(i) for i in indices])
     out = [decode_record(r) for r in records]
-    return ([d for _, _, d in out], [f'{self.data_dir}: {n}' for _, n, _ in out],
+    names = [f'{self.data_dir}: {n}' for _, n, _ in out]
+    return ([d for _, _, d in out], names,
             np.asarray([l for l, _, _ in out], np.int32))
 
 

@@ -244,7 +244,8 @@ def make_source(data_dir: str | None = None, *,
   decoder = tfds_options.check_image_options(NAME, 3, lighting,
                                              device_normalize, decoder)
   classes = tuple(classes) if classes is not None else None
-  ex = examples(data_dir, train_split, eval_split, classes, eval_labels, bool(skip_corrupt), manifest_dir, manifest_check)
+  ex = examples(data_dir, train_split, eval_split, classes, eval_labels,
+                bool(skip_corrupt), manifest_dir, manifest_check)
   info = DatasetInfo(
       name=NAME, num_classes=len(ex.classes), image_shape=(*size, 3),
       num_train=len(ex.train.files), num_eval=len(ex.eval.files),

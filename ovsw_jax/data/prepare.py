@@ -152,11 +152,15 @@ def prepare(out: str, *, data_dir: str | None = None,
     raise ValueError(f'--examples_per_shard={examples_per_shard} must be '
                      '>= 1')
   processes = processes or len(os.sched_getaffinity(0))
-  # fork: a worker starts in milliseconds (spawn would import JAX again).
-  ctx = multiprocessing.get_context(
-      'fork' if 'fork' in multiprocessing.get_all_start_methods() else 'spawn')
-  with concurrent.futures.ProcessPoolExecutor(processes,
-                                              mp_context=ctx) as pool:
+  if processes == 1:  # in this process (one thread, in order)
+    executor = concurrent.futures.ThreadPoolExecutor(1)
+  else:
+    # fork: a worker starts in milliseconds (spawn would import JAX again).
+    executor = concurrent.futures.ProcessPoolExecutor(
+        processes, mp_context=multiprocessing.get_context(
+            'fork' if 'fork' in multiprocessing.get_all_start_methods()
+            else 'spawn'))
+  with executor as pool:
     if data_dir:
       plan = prepare_inputs.folder_plan(
           data_dir, train_split=train_split, eval_split=eval_split,
@@ -180,7 +184,7 @@ def prepare(out: str, *, data_dir: str | None = None,
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(
       prog='python -m ovsw_jax.data.prepare',
-      description=__doc__.split('\n\n')[0],
+      description=__doc__,
       formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--out', required=True,
                       help='output folder, local or gs://')
@@ -193,7 +197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                       '--val_tar or a flat val folder (ilsvrc_val)')
   parser.add_argument('--examples_per_shard', type=int, default=1000)
   parser.add_argument('--processes', type=int, default=None,
-                      help='worker processes (default: one per core)')
+                      help='worker processes (default: one per core; 1: '
+                      'none, in this process)')
   parser.add_argument('--skip_corrupt', action='store_true',
                       help='skip and count images that do not decode')
   args = parser.parse_args(argv)
