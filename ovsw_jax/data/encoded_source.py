@@ -24,8 +24,8 @@ from ovsw_jax.data import jpeg
 from ovsw_jax.data.source import DatasetInfo
 
 TRAIN, EVAL = 'train', 'eval'
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_MEAN = imagenet_transform.IMAGENET_MEAN
+IMAGENET_STD = imagenet_transform.IMAGENET_STD
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -30,6 +30,9 @@ from ovsw_jax.data import augment
 from ovsw_jax.data import jpeg
 
 EVAL_CROP_FRACTION = 0.875
+# ImageNet's per-channel statistics, in [0, 1] pixel units.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 # (position in the batch, crop box function) -> uint8 pixels [h, w, c].
 DecodeFn = Callable[[int, jpeg.BoxFn], np.ndarray]
 
@@ -76,10 +79,3 @@ def finish(images: np.ndarray, mean: Sequence[float], std: Sequence[float],
                                seed, epoch, indices, lighting)
     out += rgb / np.asarray(std, np.float32)
   return out
-
-
-def encoded_decoder(values: Sequence[bytes], out_hw: tuple[int, int],
-                    decoder: str) -> DecodeFn:
-  """A `DecodeFn` over encoded RGB images (any format PIL reads)."""
-  return lambda k, box_fn: jpeg.decode_crop_resize(values[k], box_fn, out_hw,
-                                                   decoder)

@@ -24,6 +24,7 @@ import posixpath
 import tarfile
 from typing import Callable, NamedTuple, Sequence
 
+from ovsw_jax.data import folder_listing
 from ovsw_jax.data import ilsvrc_val
 from ovsw_jax.data import image_files
 from ovsw_jax.data import imagefolder
@@ -70,8 +71,8 @@ def folder_plan(data_dir: str, *, train_split: str = 'train',
       bool(skip_corrupt), None, 'auto')
   splits = {}
   for name, s in ((TRAIN, ex.train), (EVAL, ex.eval)):
-    splits[name] = [Example(int(l), f, Locator(imagefolder.folder_listing.join(
-        s.root, f))) for f, l in zip(s.files, s.labels)]
+    splits[name] = [Example(int(l), f, Locator(folder_listing.join(s.root, f)))
+                    for f, l in zip(s.files, s.labels)]
   return Plan(ex.classes, splits, {'image_folder': data_dir,
                                    'train_split': train_split,
                                    'eval_split': eval_split})

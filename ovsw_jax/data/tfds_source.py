@@ -37,8 +37,8 @@ from ovsw_jax.data import tfds_options
 from ovsw_jax.data.source import DataNotFoundError, DatasetInfo
 from ovsw_jax.data.source import check_channels
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_MEAN = imagenet_transform.IMAGENET_MEAN
+IMAGENET_STD = imagenet_transform.IMAGENET_STD
 TRAIN_AUGMENTS = tfds_options.TRAIN_AUGMENTS
 _STATS_SAMPLES = 256
 
