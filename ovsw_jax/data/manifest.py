@@ -188,6 +188,7 @@ def load_listing(data_dir: str, split: str, what: str, *,
     if cached is not None:
       logging.warning('%s: the manifest of %s is stale (%s); rebuilding it.',
                       what, root, reason)
+    logging.info('%s: listing %s (once: the list is cached).', what, root)
     listing = folder_listing.list_split(root, what)
     cached = {'format': FORMAT, 'version': VERSION,
               'listing': listing.to_json()}
