@@ -25,14 +25,14 @@ from tests.test_train import (TINY, all_leaves, compile_cache,  # pylint: disabl
                               subprocess_env, tiny_config, train_cmd)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STEPS = 9  # 12 images, batch 4: three epochs
+STEPS = 30  # 12 images, batch 4: ten epochs; a kill at step 5 leaves 25
 
 
 def _overrides(folder):
   return {**TINY, "dataset": "imagefolder", "data_dir": folder,
           "dataset_options": {"image_size": 16}, "batch_size": 4,
-          "num_train_steps": STEPS, "checkpoint_every_steps": 3,
-          "log_every_steps": 3}
+          "num_train_steps": STEPS, "checkpoint_every_steps": 5,
+          "log_every_steps": 5}
 
 
 def _steps(workdir):
