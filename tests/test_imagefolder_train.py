@@ -103,6 +103,17 @@ def test_export_and_evaluate_need_no_repeated_options(runs, capsys):
   got = cli.evaluate_command([f"--packed={out}"])
   assert got["dataset"] == "imagefolder" and got["count"] == 6
   assert abs(got["top1"] - runs["result"]["eval_top1"]) < 1e-9
+  # A file from an older export (no dataset options, no class names) still
+  # loads, and evaluates at its own image size, not the dataset's 224.
+  old = format_lib.load(out)
+  old.header["metadata"] = {"step": old.header["metadata"]["step"]}
+  del old.header["class_names"]
+  format_lib.save(old, str(runs["root"] / "old.npz"))
+  assert format_lib.load(str(runs["root"] / "old.npz")).class_names is None
+  got_old = cli.evaluate_command([f"--packed={runs['root'] / 'old.npz'}",
+                                  "--dataset=imagefolder",
+                                  f"--data_dir={runs['folder']}"])
+  assert (got_old["count"], got_old["top1"]) == (6, got["top1"])
   # The prepared records of the same folder: the same eval, the model's
   # image size taken from the file.
   records = str(runs["root"] / "records")
