@@ -8,6 +8,27 @@ Multi-host: run one process per host with --coordinator_address,
 --num_processes and --process_id (or the JAX_COORDINATOR_ADDRESS,
 JAX_NUM_PROCESSES, JAX_PROCESS_ID environment variables), or
 --distributed_auto on a managed cluster (TPU pod, SLURM, ...).
+
+Datasets (--config.dataset) and their options
+(--config.dataset_options.KEY=VALUE; docs/imagefolder.md, ovsw_jax.data):
+  cifar10, cifar100   download, downloader, augment
+  digits              augment, num_eval
+  synthetic           image_shape, num_classes, num_train, num_eval,
+                      data_seed, augment, pad, flip
+  imagenet2012, tfds:<name>  (TFDS array_record)
+                      image_size, train_split, eval_split, image_key,
+                      label_key, num_classes, train_augment, augment,
+                      min_scale, lighting, mean, std, decoder,
+                      device_normalize
+  imagefolder         (--config.data_dir holds train/<class>/, val/<class>/)
+                      image_size, train_split, eval_split, classes,
+                      eval_labels, skip_corrupt, augment, min_scale,
+                      lighting, mean, std, decoder, device_normalize,
+                      manifest_dir, manifest_check
+  image_records       (--config.data_dir: python -m ovsw_jax.data.prepare's
+                      output) image_size, train_split, eval_split, augment,
+                      min_scale, lighting, mean, std, decoder,
+                      device_normalize
 """
 
 import json

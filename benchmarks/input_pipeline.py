@@ -242,10 +242,9 @@ def _time_alone(make: Callable[[], Callable[[], Any]], steps: int,
   return {'times': times, 'cpu_utilization': cpu / wall}
 
 
-def per_core_worker(data_dir: str, batch: int, decoders: tuple[str, ...],
-                    num_eval: int, steps: int, rounds: int) -> dict[str, Any]:
-  """Every arm alone, `rounds` times, in this (pinned) process."""
-  arms = _arms(data_dir, batch, decoders, num_eval)
+def time_rounds(arms: dict[str, Callable[[], Callable[[], Any]]], batch: int,
+                steps: int, rounds: int) -> dict[str, Any]:
+  """Every arm alone, `rounds` times (odd rounds in reverse order)."""
   pooled = {name: {'times': [], 'cpu': [], 'rounds': []} for name in arms}
   load = []
   for r in range(rounds):
@@ -270,6 +269,13 @@ def per_core_worker(data_dir: str, batch: int, decoders: tuple[str, ...],
                  'images_per_s_by_round': p['rounds']}
   return {'arms': out, 'load_1min': load,
           'cpu_affinity': sorted(os.sched_getaffinity(0))}
+
+
+def per_core_worker(data_dir: str, batch: int, decoders: tuple[str, ...],
+                    num_eval: int, steps: int, rounds: int) -> dict[str, Any]:
+  """Every arm alone, `rounds` times, in this (pinned) process."""
+  return time_rounds(_arms(data_dir, batch, decoders, num_eval), batch,
+                     steps, rounds)
 
 
 def _per_core(data_dir: str, batch: int, decoders: tuple[str, ...],

@@ -1,4 +1,4 @@
-"""Input pipelines: CIFAR-10/100, ImageNet and TFDS datasets, digits, synthetic.
+"""Input pipelines: CIFAR, ImageNet, image folders, TFDS, digits, synthetic.
 
 See `pipeline` for the iteration contract (deterministic in (seed, step),
 exactly resumable from a step, sharded per host) and the dataset names and
@@ -7,6 +7,7 @@ options. `DatasetInfo.mean`/`std` are per channel in [0, 1] pixel units.
 
 from ovsw_jax.data.pipeline import create_eval_iterator
 from ovsw_jax.data.pipeline import create_train_iterator
+from ovsw_jax.data.pipeline import dataset_options
 from ovsw_jax.data.pipeline import epoch_permutation
 from ovsw_jax.data.pipeline import get_dataset_info
 from ovsw_jax.data.pipeline import get_source
@@ -21,6 +22,7 @@ __all__ = [
     'DatasetInfo',
     'create_eval_iterator',
     'create_train_iterator',
+    'dataset_options',
     'epoch_permutation',
     'get_dataset_info',
     'get_source',

@@ -32,6 +32,9 @@ Datasets (the `dataset` argument):
   eval_split, image_key, label_key, num_classes, train_augment, augment,
   min_scale, lighting, mean, std, decoder, device_normalize (uint8 images,
   normalised in the jitted step: `device_normalize.normalizer`).
+- "imagefolder" (``data_dir/train/<class>/...``, `imagefolder`) and
+  "image_records" (`prepare`'s array_record shards of one, `image_records`):
+  ImageNet's transforms; options in train.py --help.
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ import numpy as np
 
 from ovsw_jax.data import cifar
 from ovsw_jax.data import digits
+from ovsw_jax.data import image_records
+from ovsw_jax.data import imagefolder
 from ovsw_jax.data import synthetic
 from ovsw_jax.data import tfds_source
 from ovsw_jax.data.source import DatasetInfo, Source
@@ -64,6 +69,8 @@ _FACTORIES: dict[str, tuple[Callable[..., Source], bool]] = {
     'synthetic': (synthetic.make_source, False),
     'imagenet2012': (functools.partial(tfds_source.make_source,
                                        'imagenet2012'), True),
+    'imagefolder': (imagefolder.make_source, True),
+    'image_records': (image_records.make_source, True),
 }
 _TFDS_PREFIX = 'tfds:'
 
@@ -79,14 +86,8 @@ def _freeze(value: Any) -> Any:
   return value
 
 
-def get_source(dataset: str, data_dir: str | None = None,
-               **options: Any) -> Source:
-  """The data source named `dataset` (see the module docstring), cached.
-
-  Raises:
-    ValueError: unknown dataset name or option.
-    DataNotFoundError: the dataset's files are missing.
-  """
+def _factory(dataset: str) -> tuple[Callable[..., Source], bool, list[str]]:
+  """(factory, whether it takes data_dir, its option names) of a dataset."""
   if not isinstance(dataset, str):
     raise ValueError(f'dataset must be a name (str), got {dataset!r}.')
   if dataset.startswith(_TFDS_PREFIX):
@@ -105,6 +106,23 @@ def get_source(dataset: str, data_dir: str | None = None,
                      f'{sorted(_FACTORIES)} or "tfds:<name>".')
   valid = [p for p in signature.parameters
            if p not in ('name', 'data_dir', 'display_name')]
+  return factory, takes_dir, valid
+
+
+def dataset_options(dataset: str) -> list[str]:
+  """The option names a dataset takes; ValueError for an unknown dataset."""
+  return _factory(dataset)[2]
+
+
+def get_source(dataset: str, data_dir: str | None = None,
+               **options: Any) -> Source:
+  """The data source named `dataset` (see the module docstring), cached.
+
+  Raises:
+    ValueError: unknown dataset name or option.
+    DataNotFoundError: the dataset's files are missing.
+  """
+  factory, takes_dir, valid = _factory(dataset)
   unknown = sorted(set(options) - set(valid))
   if unknown:
     raise ValueError(f'Unknown option(s) {unknown} for dataset {dataset!r}; '

@@ -36,6 +36,8 @@ class DatasetInfo(NamedTuple):
     mean: per-channel mean subtracted from the images, in units where pixel
       values lie in [0, 1] (i.e. raw uint8 / 255).
     std: per-channel std the images are divided by, in the same [0, 1] units.
+    class_names: each label's name (e.g. its class folder), where the
+      dataset has names; None otherwise.
   """
   name: str
   num_classes: int
@@ -44,6 +46,7 @@ class DatasetInfo(NamedTuple):
   num_eval: int
   mean: tuple[float, ...]
   std: tuple[float, ...]
+  class_names: tuple[str, ...] | None = None
 
 
 class Source(Protocol):

@@ -31,14 +31,14 @@ from typing import Any, Sequence
 import numpy as np
 
 from ovsw_jax.data import augment
+from ovsw_jax.data import imagenet_transform
 from ovsw_jax.data import jpeg
 from ovsw_jax.data import tfds_options
 from ovsw_jax.data.source import DataNotFoundError, DatasetInfo
 from ovsw_jax.data.source import check_channels
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-EVAL_CROP_FRACTION = 0.875
+IMAGENET_MEAN = imagenet_transform.IMAGENET_MEAN
+IMAGENET_STD = imagenet_transform.IMAGENET_STD
 TRAIN_AUGMENTS = tfds_options.TRAIN_AUGMENTS
 _STATS_SAMPLES = 256
 
@@ -176,30 +176,20 @@ class TfdsSource:
     c = self.info.image_shape[2]
     h, w = self._size
     if self.train_augment == 'inception_crop':
-      u = augment.uniforms(seed, epoch, indices, augment.RESIZED_CROP,
-                           4 * augment.RESIZED_CROP_ATTEMPTS)
-      out = []
-      for row, r in zip(u, records):
-        box_fn = functools.partial(augment.random_resized_crop_box, u=row,
-                                   scale=(self.min_scale, 1.0))
-        out.append(self._crop_resize(r[self.image_key], c, box_fn, (h, w)))
-      images = np.stack(out)
-      flip = augment.uniforms(seed, epoch, indices, augment.FLIP, 1)[:, 0] < 0.5
-      images[flip] = images[flip, :, ::-1]
+      images = imagenet_transform.train_crops(
+          lambda k, box_fn: self._crop_resize(records[k][self.image_key], c,
+                                              box_fn, (h, w)),
+          indices, seed, epoch, self.min_scale)
     else:
       images = np.stack([self._fixed(_to_pil(r[self.image_key], c))
                          for r in records])
       if self.train_augment == 'pad_crop_flip':
         images = augment.random_pad_crop_flip(images, indices, seed, epoch,
                                               pad=h // 8, flip=True)
-    if self.device_normalize:
-      return images, self._labels(records)
-    out = augment.normalize(images, self.info.mean, self.info.std)
-    if self.lighting > 0:
-      rgb = augment.pca_lighting(np.zeros((len(indices), 1, 1, 3), np.float32),
-                                 seed, epoch, indices, self.lighting)
-      out += rgb / np.asarray(self.info.std, np.float32)
-    return out, self._labels(records)
+    return imagenet_transform.finish(
+        images, self.info.mean, self.info.std,
+        device_normalize=self.device_normalize, lighting=self.lighting,
+        seed=seed, epoch=epoch, indices=indices), self._labels(records)
 
   def _crop_resize(self, value: Any, channels: int, box_fn: jpeg.BoxFn,
                    out_hw: tuple[int, int]) -> np.ndarray:
@@ -216,19 +206,17 @@ class TfdsSource:
   def _eval_image(self, value: Any, channels: int) -> np.ndarray:
     if self.native_size is not None:
       return self._fixed(_to_pil(value, channels))
-    h, w = self._size
-    box_fn = functools.partial(augment.eval_crop_box, out_hw=(h, w),
-                               fraction=EVAL_CROP_FRACTION)
-    return self._crop_resize(value, channels, box_fn, (h, w))
+    return self._crop_resize(value, channels,
+                             imagenet_transform.eval_box(self._size),
+                             self._size)
 
   def eval_examples(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     records = self._read(self.eval_split, indices)
     c = self.info.image_shape[2]
     images = np.stack([self._eval_image(r[self.image_key], c)
                        for r in records])
-    if self.device_normalize:
-      return images, self._labels(records)
-    return (augment.normalize(images, self.info.mean, self.info.std),
+    return (imagenet_transform.finish(images, self.info.mean, self.info.std,
+                                      device_normalize=self.device_normalize),
             self._labels(records))
 
 

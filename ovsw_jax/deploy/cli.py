@@ -7,8 +7,12 @@ functions. Run as ``python -m ovsw_jax.deploy <command>`` (`__main__`)::
   python -m ovsw_jax.deploy export --workdir=/tmp/r20 --out=/tmp/r20.npz \
       [--checkpoint=latest|best|<step>] [--float_dtype=float32|float16] \
       [--config=configs/cifar10_resnet20.py]
-  python -m ovsw_jax.deploy evaluate --packed=/tmp/r20.npz --dataset=cifar10 \
-      [--data_dir=...] [--batch_size=500] [--backend=auto|native|jax]
+  python -m ovsw_jax.deploy evaluate --packed=/tmp/r20.npz \
+      [--dataset=cifar10] [--data_dir=...] [--batch_size=500] \
+      [--backend=auto|native|jax]
+
+Evaluate defaults to the dataset, data_dir and dataset options the model
+was trained with (the export records them).
 
 Each prints one JSON line: the export's sizes and step, or the packed
 model's top-1 and speed on the dataset's eval split.
@@ -86,6 +90,17 @@ def _image_shape(config: ml_collections.ConfigDict,
     return tuple(models.INPUT_SHAPES[models.canonical_name(config.model)])
 
 
+def _json_options(options: dict[str, Any]) -> dict[str, Any]:
+  """The dataset options a packed file can carry (JSON values only)."""
+  out = {}
+  for k, v in options.items():
+    try:
+      out[k] = json.loads(json.dumps(v))
+    except TypeError:
+      pass  # e.g. a downloader function: evaluate does without it
+  return out
+
+
 def export_checkpoint(workdir: str, out: str, *, checkpoint: str = "latest",
                       float_dtype: str = "float32",
                       config: Optional[ml_collections.ConfigDict] = None
@@ -116,13 +131,18 @@ def export_checkpoint(workdir: str, out: str, *, checkpoint: str = "latest",
   variables.update(model_state or {})
   options = config_lib.as_dict(config.model_options)
   image_shape = _image_shape(config, meta)
+  dataset_options = config_lib.as_dict(config.dataset_options)
+  class_names = meta.get("class_names", dataset_options.get("classes"))
   packed = export_lib.export_model(
       model, variables, model_name=config.model,
       model_options=export_lib.json_model_options(options),
       image_shape=image_shape, float_dtype=float_dtype,
       metadata={"step": int(step), "method": config.method,
-                "dataset": config.dataset,
-                "workdir": os.fspath(workdir_lib.workdir_path(workdir))})
+                "dataset": config.dataset, "data_dir": config.data_dir,
+                # What evaluate needs to rebuild the eval split.
+                "dataset_options": _json_options(dataset_options),
+                "workdir": os.fspath(workdir_lib.workdir_path(workdir))},
+      class_names=class_names)
   size = format_lib.save(packed, out)
   return {"out": out, "bytes": size,
           "float32_bytes": export_lib.float32_bytes(variables),
@@ -166,6 +186,46 @@ def export_command(argv: Sequence[str]) -> None:
   app.run(_export_main, argv=list(argv))
 
 
+def eval_dataset(packed: format_lib.PackedModel, dataset: Optional[str],
+                 data_dir: Optional[str]
+                 ) -> tuple[str, Optional[str], dict[str, Any]]:
+  """(dataset, data_dir, options) to evaluate on: the ones given, else the
+  ones the export recorded (the training run's). A dataset with an
+  ``image_size`` option and no recorded options gets the model's size."""
+  meta = packed.header.get("metadata", {})
+  recorded = meta.get("dataset")
+  dataset = dataset or recorded or "cifar10"
+  options: dict[str, Any] = {}
+  if dataset == recorded:
+    data_dir = data_dir or meta.get("data_dir")
+    options = dict(meta.get("dataset_options") or {})
+  if "image_size" in data.dataset_options(dataset) and \
+      "image_size" not in options:
+    options["image_size"] = list(packed.image_shape[:2])
+  return dataset, data_dir, options
+
+
+def _check_dataset(packed: format_lib.PackedModel, dataset: str,
+                   data_dir: Optional[str], options: dict[str, Any]) -> None:
+  """Raises when the dataset's images or classes are not the model's."""
+  info = data.get_dataset_info(dataset, data_dir, **options)
+  expected, got = tuple(packed.image_shape), tuple(info.image_shape)
+  recorded = packed.header.get("metadata", {}).get("dataset", "...")
+  if got != expected:
+    raise ValueError(
+        f"this model expects {'x'.join(map(str, expected))} inputs, but "
+        f"--dataset={dataset} has {'x'.join(map(str, got))} images; pass the "
+        f"dataset it was trained on (--dataset={recorded}, whose options the "
+        "export records: leave --dataset out)")
+  names = tuple(info.class_names or ())
+  if packed.class_names and names and names != packed.class_names:
+    raise ValueError(
+        f"the model's {len(packed.class_names)} classes "
+        f"{list(packed.class_names[:3])}... are not --dataset={dataset}'s "
+        f"{len(names)} classes {list(names[:3])}...; evaluate on data with "
+        "the model's classes")
+
+
 def evaluate_command(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
   """``evaluate``: top-1 of a packed file on a dataset; prints it as JSON.
 
@@ -183,10 +243,13 @@ def evaluate_command(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
       prog="python -m ovsw_jax.deploy evaluate",
       description="Evaluate a packed 1-bit model (XNOR-popcount inference).")
   parser.add_argument("--packed", required=True, help="file from export")
-  parser.add_argument("--dataset", default="cifar10",
-                      help="cifar10, cifar100, imagenet, digits (bundled "
-                      "with scikit-learn: the quickstart's), synthetic")
-  parser.add_argument("--data_dir", default=None)
+  parser.add_argument("--dataset", default=None,
+                      help="default: the dataset the model was trained on, "
+                      "with its options (recorded by export); or cifar10, "
+                      "cifar100, imagenet2012, imagefolder, image_records, "
+                      "digits, synthetic")
+  parser.add_argument("--data_dir", default=None,
+                      help="default: the training run's data_dir")
   parser.add_argument("--batch_size", type=int, default=500)
   parser.add_argument("--logits_out", default=None,
                       help="also write every image's logits here (.npy, "
@@ -198,22 +261,16 @@ def evaluate_command(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
   args = parser.parse_args(argv)
   backend = infer.resolve_backend(args.backend)
   packed = format_lib.load(args.packed)
-  expected = tuple(packed.image_shape)
-  got = tuple(data.get_dataset_info(args.dataset, args.data_dir).image_shape)
-  if got != expected:
-    shape = "x".join(map(str, expected))
-    raise ValueError(
-        f"this model expects {shape} inputs, but --dataset={args.dataset} "
-        f"has {'x'.join(map(str, got))} images; pass the dataset it was "
-        f"trained on (--dataset={packed.header.get('metadata', {}).get('dataset', '...')})")
-  result = infer.evaluate(packed, args.dataset, args.data_dir,
-                          args.batch_size,
+  dataset, data_dir, options = eval_dataset(packed, args.dataset,
+                                            args.data_dir)
+  _check_dataset(packed, dataset, data_dir, options)
+  result = infer.evaluate(packed, dataset, data_dir, args.batch_size,
                           keep_logits=args.logits_out is not None,
-                          backend=backend)
+                          backend=backend, dataset_options=options)
   if args.logits_out is not None:
     np.save(args.logits_out, result["logits"])
   out = {"packed": args.packed, "model": packed.header["model"],
-         "dataset": args.dataset, "top1": result["top1"],
+         "dataset": dataset, "top1": result["top1"],
          "count": result["count"],
          "images_per_sec": result["images_per_sec"],
          "file_bytes": os.path.getsize(args.packed), "backend": backend}

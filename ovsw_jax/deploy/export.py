@@ -264,7 +264,8 @@ def export_model(model: nn.Module, variables: Mapping[str, Any], *,
                  model_name: str, model_options: Mapping[str, Any],
                  image_shape: Sequence[int], float_dtype: str = "float32",
                  fold_batchnorm: bool = False,
-                 metadata: Optional[Mapping[str, Any]] = None
+                 metadata: Optional[Mapping[str, Any]] = None,
+                 class_names: Optional[Sequence[str]] = None
                  ) -> format_lib.PackedModel:
   """Packs a model's eval-mode forward.
 
@@ -289,6 +290,7 @@ def export_model(model: nn.Module, variables: Mapping[str, Any], *,
       pre-activation within that rounding of 0 flips its sign. False keeps
       the eval path's arithmetic: logits equal the float eval's.
     metadata: extra JSON-serialisable facts for the header (e.g. the step).
+    class_names: each label's name, kept in the header (None: not known).
 
   Returns:
     A `format.PackedModel`; write it with `format.save`.
@@ -319,6 +321,11 @@ def export_model(model: nn.Module, variables: Mapping[str, Any], *,
       "layers": packer.table,
       "metadata": dict(metadata or {}),
   }
+  if class_names is not None:
+    if len(class_names) != int(model.num_classes):
+      raise ValueError(f"{len(class_names)} class names for a model of "
+                       f"{model.num_classes} classes")
+    header["class_names"] = [str(c) for c in class_names]
   return format_lib.PackedModel(header=header, layers=packer.arrays,
                                 variables=packer.variables(float_dtype))
 

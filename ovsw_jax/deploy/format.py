@@ -5,6 +5,9 @@ holding
 
 * ``__header__``: JSON -- format version, the model's name and options,
   ``num_classes``, ``image_shape``, the float dtype, and a table of layers;
+  optionally ``class_names`` (each label's name; absent in older files) and
+  ``metadata`` (the step, the dataset and its options: what ``evaluate``
+  needs to rebuild the eval split without repeated options);
 * per binary conv/dense: the signs of its weights packed 32 to a ``uint32``
   word (`ovsw_jax.deploy.bitpack`), the +-1 weights summed per tap (for the
   exact zero-padding correction) and a per-channel float32 ``mul``: the
@@ -77,6 +80,12 @@ class PackedModel:
   @property
   def image_shape(self) -> tuple[int, ...]:
     return tuple(self.header["image_shape"])
+
+  @property
+  def class_names(self) -> tuple[str, ...] | None:
+    """Each label's name, if the export recorded them (optional)."""
+    names = self.header.get("class_names")
+    return tuple(names) if names is not None else None
 
   def model(self) -> nn.Module:
     """The Flax module whose calls `apply` intercepts (float32 compute)."""

@@ -176,7 +176,8 @@ def make_predict_fn(packed: PackedModel, backend: str = "auto",
 
 def evaluate(packed: PackedModel, dataset: str = "cifar10",
              data_dir: Optional[str] = None, batch_size: int = 500,
-             keep_logits: bool = False, backend: str = "auto"
+             keep_logits: bool = False, backend: str = "auto",
+             dataset_options: Optional[Mapping[str, Any]] = None
              ) -> dict[str, Any]:
   """Top-1 of a packed model on a dataset's eval split (every image once).
 
@@ -187,6 +188,7 @@ def evaluate(packed: PackedModel, dataset: str = "cifar10",
     keep_logits: also return every image's logits (N x classes float32;
       off by default: ImageNet's would take 200 MB).
     backend: of the binary convs (`make_predict_fn`).
+    dataset_options: the dataset's options (e.g. image_size).
 
   Returns:
     ``{'top1', 'count', 'images_per_sec', 'predictions'}`` (predictions as
@@ -196,7 +198,8 @@ def evaluate(packed: PackedModel, dataset: str = "cifar10",
   from ovsw_jax import data  # pylint: disable=g-import-not-at-top
   predict = make_predict_fn(packed, backend)
   preds, logits, correct, count, seconds = [], [], 0, 0, 0.0
-  for batch in data.create_eval_iterator(dataset, data_dir, batch_size):
+  for batch in data.create_eval_iterator(dataset, data_dir, batch_size,
+                                         **dict(dataset_options or {})):
     t = time.time()
     out = np.asarray(predict(batch["image"]))
     p = out.argmax(axis=-1)

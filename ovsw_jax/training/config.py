@@ -40,8 +40,11 @@ def _model_fields(config: ml_collections.ConfigDict) -> None:
 def _data_fields(config: ml_collections.ConfigDict) -> None:
   """The dataset, batch sizes and input pipeline."""
   # --- Data ------------------------------------------------------------------
-  # 'cifar10', 'cifar100', 'imagenet2012', 'tfds:<name>', 'synthetic' or
-  # 'digits' (sklearn's 8x8 digits upsampled to 16x16x1, no download).
+  # 'cifar10', 'cifar100', 'imagenet2012', 'tfds:<name>', 'imagefolder'
+  # (data_dir/train/<class>/..., val/...), 'image_records' (written by
+  # python -m ovsw_jax.data.prepare), 'synthetic' or 'digits' (sklearn's 8x8
+  # digits upsampled to 16x16x1, no download). train.py --help lists each
+  # one's dataset_options.
   config.dataset = "cifar10"
   # Where the dataset lives; None: the data module's default (env
   # OVSW_DATA_DIR, then its built-in locations).

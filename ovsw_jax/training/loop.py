@@ -154,7 +154,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     state = state.replace(teacher=distill.load_teacher(
         config, experiment.info.num_classes, mesh))
     if is_chief:
-      workdir_lib.write_config(config, workdir)
+      workdir_lib.write_config(recorded_config(config, experiment.info),
+                               workdir)
     writer = metrics_io.MetricsWriter(workdir, enabled=is_chief,
                                       keep_until_step=step)
     run = TrainingRun(config, experiment, manager, mesh, writer, run_eval,
@@ -165,6 +166,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     manager.close()
     if writer is not None:
       writer.close()
+
+
+def recorded_config(config: ml_collections.ConfigDict,
+                    info: data.DatasetInfo) -> ml_collections.ConfigDict:
+  """The config as config.json records it: a dataset that takes a
+  ``classes`` option (the imagefolder) gets the class names it resolved, so
+  the run, its resumes and its exports keep the same labels."""
+  if info.class_names is None or "classes" not in data.dataset_options(
+      config.dataset):
+    return config
+  recorded = ml_collections.ConfigDict(config.to_dict())
+  options = config_lib.as_dict(recorded.dataset_options)
+  options["classes"] = list(info.class_names)
+  recorded.dataset_options = options
+  return recorded
 
 
 def _evaluate_only(config, experiment, manager, mesh, run_eval, writer):

@@ -183,8 +183,10 @@ class TrainingRun:
               "epoch": step / self.experiment.steps_per_epoch,
               "method": config.method, "model": config.model,
               "dataset": config.dataset,
-              # So that an export needs no dataset files to know it.
-              "image_shape": list(self.experiment.info.image_shape)},
+              # So that an export needs no dataset files to know them.
+              "image_shape": list(self.experiment.info.image_shape),
+              **({"class_names": list(self.experiment.info.class_names)}
+                 if self.experiment.info.class_names else {})},
         metrics=({"eval_top1": self.last_eval["eval_top1"]}
                  if evaluated else None))
     self.window.pause += time.time() - t

@@ -1,0 +1,191 @@
+"""Image datasets prepared as array_record shards, read without TensorFlow.
+
+`ovsw_jax.data.prepare` writes, into one folder::
+
+  dataset_info.json                      classes, splits, shards, counts
+  train-00000-of-00512.array_record ...  one record per image
+  val-00000-of-00016.array_record ...
+
+Each record is one example: ``b'OVR1'``, the label (int32, little-endian),
+the length of the image's name (uint16) and the name (UTF-8: its path in
+the image folder or archive, for messages), then the image file's bytes as
+they were (JPEG, PNG, ...). Records are in ImageFolder's order (class, then
+path), so example ``i`` here is example ``i`` of the image folder it was
+prepared from, and both datasets give the same batches for a seed.
+
+``dataset="image_records"`` reads it, with the ImageNet transforms of
+`imagenet_transform` (the options of the imagefolder dataset that concern
+images). dataset_info.json is written last, so an unfinished prepare is
+refused with the command that finishes it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import struct
+import threading
+from typing import Any, Sequence
+
+import numpy as np
+
+from ovsw_jax.data import encoded_source
+from ovsw_jax.data import folder_listing
+from ovsw_jax.data import tfds_options
+from ovsw_jax.data.source import DataNotFoundError, DatasetInfo
+from ovsw_jax.data.source import check_channels
+
+NAME = 'image_records'
+FORMAT = 'ovsw_jax.image_records'
+VERSION = 1
+INFO_FILE = 'dataset_info.json'
+MAGIC = b'OVR1'
+_HEAD = struct.Struct('<4siH')
+
+_SOURCES: dict[tuple[str, ...], Any] = {}
+_LOCK = threading.Lock()
+
+
+def encode_record(label: int, name: str, data: bytes) -> bytes:
+  """One example as a record (module docstring)."""
+  raw = name.encode('utf-8')[:65535]
+  return _HEAD.pack(MAGIC, int(label), len(raw)) + raw + data
+
+
+def decode_record(record: bytes) -> tuple[int, str, bytes]:
+  """(label, name, image bytes) of a record.
+
+  Raises:
+    ValueError: not a record of this format.
+  """
+  magic, label, n = _HEAD.unpack_from(record)
+  if magic != MAGIC:
+    raise ValueError(f'not an {NAME} record (starts with {magic!r})')
+  start = _HEAD.size
+  return label, record[start:start + n].decode('utf-8'), record[start + n:]
+
+
+def shard_name(split: str, k: int, n: int) -> str:
+  return f'{split}-{k:05d}-of-{n:05d}.array_record'
+
+
+def read_info(data_dir: str | None) -> dict[str, Any]:
+  """The folder's dataset_info.json.
+
+  Raises:
+    DataNotFoundError: there is none (not prepared, or not finished).
+  """
+  if not data_dir:
+    raise ValueError(f'{NAME}: no data_dir; pass --config.data_dir=<the '
+                     'folder written by python -m ovsw_jax.data.prepare>')
+  path = folder_listing.join(data_dir, INFO_FILE)
+  try:
+    if folder_listing.is_remote(path):
+      from etils import epath  # pylint: disable=g-import-not-at-top
+      text = epath.Path(path).read_text()
+    else:
+      with open(path, encoding='utf-8') as f:
+        text = f.read()
+  except (FileNotFoundError, OSError) as e:
+    raise DataNotFoundError(
+        f'{NAME}: {path} not found: {data_dir} is not a finished prepare '
+        'output; run (or rerun, to finish) python -m ovsw_jax.data.prepare '
+        f'--out={data_dir} with its input') from e
+  info = json.loads(text)
+  if info.get('format') != FORMAT or info.get('version', 0) > VERSION:
+    raise DataNotFoundError(f'{NAME}: {path} is not an {FORMAT} version <= '
+                            f'{VERSION} description; prepare it again')
+  return info
+
+
+def _split(info: dict[str, Any], split: str, data_dir: str) -> dict:
+  if split not in info['splits']:
+    raise ValueError(f'{NAME}: {data_dir} has no split {split!r}; it has '
+                     f'{sorted(info["splits"])}')
+  return info['splits'][split]
+
+
+def _data_source(data_dir: str, shards: tuple[tuple[str, int], ...]):
+  """An ArrayRecordDataSource over the shards, opened once per process."""
+  key = (data_dir, *[f for f, _ in shards])
+  with _LOCK:
+    if key not in _SOURCES:
+      from array_record.python import array_record_data_source as ards  # pylint: disable=g-import-not-at-top
+      paths = [f'{folder_listing.join(data_dir, f)}[0:{n}]'
+               for f, n in shards]
+      try:
+        ds = ards.ArrayRecordDataSource(paths)
+        if len(ds):
+          ds[0]  # pylint: disable=pointless-statement  # opens a reader
+      except RuntimeError as e:
+        raise DataNotFoundError(
+            f'{NAME}: cannot read {paths[0].split("[")[0]} ({e}). array_record '
+            'reads local files only: mount the bucket (gcsfuse '
+            '--implicit-dirs <bucket> <dir>) or copy the folder to local '
+            'disk, and set data_dir there') from e
+      _SOURCES[key] = ds
+    return _SOURCES[key]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ImageRecordsSource(encoded_source.EncodedImageSource):
+  """A prepared folder; cheap to pickle (readers are opened per process)."""
+  data_dir: str
+  train_shards: tuple[tuple[str, int], ...]
+  eval_shards: tuple[tuple[str, int], ...]
+
+  def encoded(self, split, indices):
+    shards = (self.train_shards if split == encoded_source.TRAIN
+              else self.eval_shards)
+    ds = _data_source(self.data_dir, shards)
+    records = ds.__getitems__([int(i) for i in indices])
+    out = [decode_record(r) for r in records]
+    names = [f'{self.data_dir}: {n}' for _, n, _ in out]
+    return ([d for _, _, d in out], names,
+            np.asarray([l for l, _, _ in out], np.int32))
+
+
+def make_source(data_dir: str | None = None, *,
+                image_size: int | Sequence[int] = 224,
+                train_split: str = 'train', eval_split: str = 'val',
+                augment: bool = True, min_scale: float = 0.08,
+                lighting: float = 0.0,
+                mean: Sequence[float] = encoded_source.IMAGENET_MEAN,
+                std: Sequence[float] = encoded_source.IMAGENET_STD,
+                decoder: str = 'auto',
+                device_normalize: bool = False) -> ImageRecordsSource:
+  """The prepared dataset in `data_dir` (module docstring).
+
+  Args:
+    data_dir: the folder `ovsw_jax.data.prepare` wrote (local; a bucket
+      through a gcsfuse mount).
+    image_size, augment, min_scale, lighting, mean, std, decoder,
+      device_normalize: as for the imagefolder dataset
+      (`imagefolder.make_source`).
+    train_split, eval_split: split names in dataset_info.json.
+
+  Raises:
+    DataNotFoundError: not a finished prepare output.
+  """
+  info = read_info(data_dir)
+  size = tfds_options.output_size(NAME, image_size, None)
+  decoder = tfds_options.check_image_options(NAME, 3, lighting,
+                                             device_normalize, decoder)
+  train = _split(info, train_split, data_dir)
+  ev = _split(info, eval_split, data_dir)
+  classes = tuple(info['classes'])
+  ds_info = DatasetInfo(
+      name=NAME, num_classes=len(classes), image_shape=(*size, 3),
+      num_train=int(train['num_examples']), num_eval=int(ev['num_examples']),
+      mean=check_channels(NAME, mean, 3, 'mean'),
+      std=check_channels(NAME, std, 3, 'std'), class_names=classes)
+  as_tuple = lambda s: tuple((d['file'], int(d['num_records']))
+                             for d in s['shards'])
+  return ImageRecordsSource(
+      info=ds_info, augment=bool(augment), min_scale=float(min_scale),
+      lighting=float(lighting), decoder=decoder,
+      device_normalize=bool(device_normalize),
+      corrupt_option='--skip_corrupt of ovsw_jax.data.prepare',
+      data_dir=os.fspath(data_dir), train_shards=as_tuple(train),
+      eval_shards=as_tuple(ev))

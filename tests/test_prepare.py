@@ -1,0 +1,280 @@
+"""prepare: image folder or ILSVRC2012 tars -> array_record shards; the
+image_records dataset reads them as the folder's examples; the ILSVRC2012
+validation label files and the sorting command."""
+
+import io
+import json
+import multiprocessing
+import os
+import shutil
+import signal
+import tarfile
+import time
+
+import numpy as np
+import pytest
+
+from ovsw_jax import data
+from ovsw_jax.data import ilsvrc_val
+from ovsw_jax.data import image_records
+from ovsw_jax.data import imagefolder
+from ovsw_jax.data import prepare
+from ovsw_jax.data import record_shards
+from tests import image_folder_data as folder_data
+from tests.gcs_emulator import gcs_bucket  # pylint: disable=unused-import
+
+SIZE = 24
+PER_SHARD = 5  # 12 train images: 3 shards; 6 val: 2
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+  """An image folder, the same images as ILSVRC tars, and a flat val."""
+  root = tmp_path_factory.mktemp("inputs")
+  folder = folder_data.write_image_folder(str(root / "folder"))
+  train_tar, val_tar, labels = folder_data.write_ilsvrc_tars(
+      str(root / "tars"))
+  flat = str(root / "flat")  # the folder with ILSVRC's flat val
+  shutil.copytree(os.path.join(folder, "train"), os.path.join(flat, "train"))
+  shutil.copytree(str(root / "tars" / "flat_val"), os.path.join(flat, "val"))
+  return {"folder": folder, "train_tar": train_tar, "val_tar": val_tar,
+          "labels": labels, "flat": flat}
+
+
+@pytest.fixture(scope="module")
+def prepared(inputs, tmp_path_factory):
+  out = str(tmp_path_factory.mktemp("records"))
+  info = prepare.prepare(out, data_dir=inputs["folder"],
+                         examples_per_shard=PER_SHARD, processes=2)
+  return out, info
+
+
+def _files(out):
+  return {f: open(os.path.join(out, f), "rb").read()  # pylint: disable=consider-using-with
+          for f in sorted(os.listdir(out)) if f.endswith(".array_record")}
+
+
+def _batches(dataset, data_dir, **options):
+  train = data.create_train_iterator(
+      dataset, data_dir, 4, seed=11, process_index=0, process_count=1,
+      prefetch=0, image_size=SIZE, **options)
+  out = [next(train) for _ in range(5)]  # 3 per epoch: crosses an epoch
+  out += list(data.create_eval_iterator(
+      dataset, data_dir, 4, process_index=0, process_count=1, prefetch=0,
+      image_size=SIZE, **options))
+  return out
+
+
+def test_records_give_the_folders_examples_in_its_order(inputs, prepared):
+  out, info = prepared
+  assert info["classes"] == list(folder_data.CLASSES)
+  assert info["splits"]["train"]["class_counts"] == [4, 4, 4]
+  assert info["splits"]["val"]["class_counts"] == [2, 2, 2]
+  assert sorted(_files(out)) == [
+      "train-00000-of-00003.array_record", "train-00001-of-00003.array_record",
+      "train-00002-of-00003.array_record", "val-00000-of-00002.array_record",
+      "val-00001-of-00002.array_record"]
+  # Record i is the folder's example i: its label, name and bytes.
+  source = data.get_source("image_records", out, image_size=SIZE)
+  values, names, labels = source.encoded("train", np.arange(12))
+  folder = imagefolder.make_source(inputs["folder"], image_size=SIZE)
+  f_values, f_names, f_labels = folder.encoded("train", np.arange(12))
+  assert values == f_values and list(labels) == list(f_labels)
+  assert [n.split(": ")[1] for n in names] == [
+      os.path.relpath(n, os.path.join(inputs["folder"], "train"))
+      for n in f_names]
+  assert source.info.class_names == folder.info.class_names
+  for a, b in zip(_batches("image_records", out),
+                  _batches("imagefolder", inputs["folder"])):
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_tars_give_the_same_records_as_the_folder(inputs, prepared,
+                                                  tmp_path, capsys):
+  out = str(tmp_path / "from_tars")
+  prepare.main([f"--train_tar={inputs['train_tar']}",
+                f"--val_tar={inputs['val_tar']}",
+                f"--val_labels={inputs['labels']}", f"--out={out}",
+                f"--examples_per_shard={PER_SHARD}", "--processes=2"])
+  printed = capsys.readouterr().out
+  # Per-class counts, printed: label, class, train, val.
+  assert "    1  dog                             4        2" in printed
+  tars, folder = _files(out), _files(prepared[0])
+  assert {k: v for k, v in tars.items() if k.startswith("train")} == {
+      k: v for k, v in folder.items() if k.startswith("train")}
+  # The val tar is ILSVRC's flat layout: the same examples as the folder
+  # whose val/ is that flat folder, read with its label file.
+  for a, b in zip(_batches("image_records", out),
+                  _batches("imagefolder", inputs["flat"],
+                           eval_labels=inputs["labels"])):
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key])
+
+
+_WRITE_SHARD = record_shards.write_shard
+
+
+def _write_then_stall(out, shard, *args):
+  """write_shard, then a stall after the third shard: the kill lands
+  mid-run however slow the machine."""
+  marker = _WRITE_SHARD(out, shard, *args)
+  if len(os.listdir(os.path.join(out, record_shards.MARKERS))) >= 3:
+    time.sleep(300)
+  return marker
+
+
+def _prepare_in_new_session(src, out):
+  os.setsid()  # its worker is in its process group: one killpg ends both
+  record_shards.write_shard = _write_then_stall  # in this fork only
+  prepare.prepare(out, data_dir=src, examples_per_shard=1, processes=1)
+
+
+def test_sigkill_then_rerun_gives_identical_shards(inputs, tmp_path, capsys):
+  straight = str(tmp_path / "straight")
+  killed = str(tmp_path / "killed")
+  prepare.prepare(straight, data_dir=inputs["folder"], examples_per_shard=1,
+                  processes=1)
+  # Forked: the modules are loaded, and it may be patched to stall.
+  victim = multiprocessing.get_context("fork").Process(
+      target=_prepare_in_new_session, args=(inputs["folder"], killed))
+  victim.start()
+  markers = os.path.join(killed, record_shards.MARKERS)
+  deadline = time.time() + 120
+  while not (os.path.isdir(markers) and len(os.listdir(markers)) >= 3):
+    assert victim.is_alive() and time.time() < deadline
+    time.sleep(0.002)
+  os.killpg(victim.pid, signal.SIGKILL)
+  victim.join()
+  assert victim.exitcode == -signal.SIGKILL
+  assert not os.path.exists(os.path.join(killed, image_records.INFO_FILE))
+  # Not finished: the dataset refuses it, saying how to finish.
+  with pytest.raises(data.DataNotFoundError, match="rerun, to finish"):
+    image_records.make_source(killed)
+  # A half-written shard left behind is redone, not trusted.
+  some = sorted(os.listdir(markers))[0][:-len(".json")]
+  with open(os.path.join(killed, some), "r+b") as f:
+    f.truncate(100)
+  os.remove(os.path.join(markers, some + ".json"))
+  capsys.readouterr()
+  prepare.prepare(killed, data_dir=inputs["folder"], examples_per_shard=1,
+                  processes=1)
+  assert "already written" in capsys.readouterr().out
+  assert _files(killed) == _files(straight)
+  with open(os.path.join(killed, image_records.INFO_FILE)) as a, open(
+      os.path.join(straight, image_records.INFO_FILE)) as b:
+    assert json.load(a)["splits"] == json.load(b)["splits"]
+
+
+def test_gcs_output_is_the_same_bytes(inputs, prepared, gcs_bucket):  # pylint: disable=redefined-outer-name
+  import fsspec  # pylint: disable=g-import-not-at-top
+  out = f"{gcs_bucket}/records"
+  prepare.prepare(out, data_dir=inputs["folder"],
+                  examples_per_shard=PER_SHARD, processes=1)
+  fs, path = fsspec.core.url_to_fs(out)
+  for name, blob in _files(prepared[0]).items():
+    assert fs.cat_file(f"{path}/{name}") == blob
+  assert json.loads(fs.cat_file(f"{path}/dataset_info.json"))["splits"][
+      "val"]["num_examples"] == 6
+  # Rerun: every shard's marker is found on the bucket, nothing rewritten.
+  before = fs.info(f"{path}/train-00000-of-00003.array_record")["generation"]
+  prepare.prepare(out, data_dir=inputs["folder"],
+                  examples_per_shard=PER_SHARD, processes=1)
+  fs.invalidate_cache()
+  assert fs.info(f"{path}/train-00000-of-00003.array_record")[
+      "generation"] == before
+
+
+def test_a_folder_on_a_bucket_reads_as_the_local_one(inputs, gcs_bucket,  # pylint: disable=redefined-outer-name
+                                                    caplog):
+  import fsspec  # pylint: disable=g-import-not-at-top
+  remote = f"{gcs_bucket}/folder"
+  fs, path = fsspec.core.url_to_fs(remote)
+  for split in ("train", "val"):
+    fs.put(os.path.join(inputs["folder"], split), f"{path}/{split}",
+           recursive=True)
+  local = imagefolder.make_source(inputs["folder"], image_size=SIZE)
+  imagefolder.examples.cache_clear()
+  source = imagefolder.make_source(remote, image_size=SIZE)
+  assert source.info == local.info
+  a, b = (s.encoded("train", np.arange(12)) for s in (source, local))
+  assert a[0] == b[0] and list(a[2]) == list(b[2])
+  assert fs.exists(f"{path}/.ovsw_jax/manifest-train.json.gz")
+  # A later use checks the manifest against the bucket: a deleted image
+  # is noticed (its size is among those checked) and the list rebuilt.
+  fs.rm(f"{path}/train/dog/dog_0002.JPEG")
+  imagefolder.examples.cache_clear()
+  with caplog.at_level("WARNING"):
+    assert imagefolder.make_source(remote).info.num_train == 11
+  assert "is gone or changed" in caplog.text
+
+
+def test_corrupt_image_stops_prepare_or_is_skipped(inputs, tmp_path, capsys):
+  src = str(tmp_path / "src")
+  shutil.copytree(inputs["folder"], src,
+                  ignore=shutil.ignore_patterns(".ovsw_jax"))
+  bad = os.path.join(src, "train", "fish", "fish_0002.JPEG")
+  with open(bad, "r+b") as f:
+    f.truncate(300)
+  args = [f"--data_dir={src}", f"--out={tmp_path / 'out'}", "--processes=1"]
+  assert prepare.main(args) == 1
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and bad in err[0] and "--skip_corrupt" in err[0]
+  imagefolder.examples.cache_clear()
+  assert prepare.main(args + ["--skip_corrupt"]) == 0
+  info = json.load(open(tmp_path / "out" / image_records.INFO_FILE))  # pylint: disable=consider-using-with
+  assert info["splits"]["train"]["class_counts"] == [4, 4, 3]
+
+
+def _devkit(path, wnids, ids_per_image):
+  """A tiny ILSVRC2012_devkit_t12.tar.gz: meta.mat + the ground truth."""
+  from scipy import io as sio  # pylint: disable=g-import-not-at-top
+  dt = [("ILSVRC2012_ID", "O"), ("WNID", "O"), ("num_children", "O")]
+  # IDs in an order unlike the sorted names; one non-leaf synset.
+  synsets = np.array([(i + 1, w, 0) for i, w in enumerate(wnids)] +
+                     [(99, "n00000000", 3)], dtype=dt)
+  meta = io.BytesIO()
+  sio.savemat(meta, {"synsets": synsets})
+  with tarfile.open(path, "w:gz") as tar:
+    for name, blob in (("meta.mat", meta.getvalue()),
+                       (ilsvrc_val.GROUND_TRUTH, "\n".join(
+                           map(str, ids_per_image)).encode())):
+      info = tarfile.TarInfo(f"ILSVRC2012_devkit_t12/data/{name}")
+      info.size = len(blob)
+      tar.addfile(info, io.BytesIO(blob))
+
+
+def test_every_label_file_format_and_the_sort_command(tmp_path):
+  names = [folder_data.val_file_name(k) for k in range(4)]
+  classes = ["n01", "n02", "n03"]
+  truth = ["n02", "n01", "n03", "n02"]
+  files = {
+      "plain.txt": "\n".join(truth),
+      "caffe.txt": "\n".join(f"{n} {classes.index(c)}"
+                             for n, c in zip(names, truth)),
+      "kaggle.csv": "ImageId,PredictionString\n" + "\n".join(
+          f"{n[:-5]},{c} 1 2 3 4" for n, c in zip(names, truth)),
+  }
+  for fname, text in files.items():
+    (tmp_path / fname).write_text(text)
+  devkit = str(tmp_path / "ILSVRC2012_devkit_t12.tar.gz")
+  order = ["n03", "n01", "n02"]  # ILSVRC2012_ID 1, 2, 3
+  _devkit(devkit, order, [order.index(c) + 1 for c in truth])
+  for path in [str(tmp_path / f) for f in files] + [devkit]:
+    got = ilsvrc_val.resolve(ilsvrc_val.read_labels(path, names), names,
+                             classes, path)
+    assert got == [classes.index(c) for c in truth], path
+  with pytest.raises(ValueError, match="not a label file"):
+    (tmp_path / "bad.txt").write_text("a b c\n")
+    ilsvrc_val.read_labels(str(tmp_path / "bad.txt"), names)
+
+  val = tmp_path / "val"
+  val.mkdir()
+  for n in names:
+    (val / n).write_bytes(folder_data.images("val")[0][2])
+  assert ilsvrc_val.main([f"--val_dir={val}", f"--labels={devkit}"]) == 0
+  assert sorted(os.listdir(val)) == classes
+  assert sorted(os.listdir(val / "n02")) == [names[0], names[3]]
+  # Idempotent: a rerun (nothing left flat) changes nothing.
+  assert ilsvrc_val.main([f"--val_dir={val}", f"--labels={devkit}"]) == 0
+  assert sorted(os.listdir(val / "n02")) == [names[0], names[3]]
