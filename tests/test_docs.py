@@ -133,3 +133,40 @@ def test_readme_links_land(sphinx_available):
     elif anchor and anchor not in _anchors(file.read_text()):
       bad.append(f"{target}: no heading with anchor #{anchor} in {file.name}")
   assert not bad, "README's broken links:\n" + "\n".join(bad)
+
+
+def _option_tables() -> dict[str, set[str]]:
+  """dataset -> option names, from the options tables of docs/data.md and
+  docs/imagefolder.md (first column: datasets, blank for the row above's)."""
+  tables = {}
+  for page, dataset_col, option_col in (("data.md", 0, 1),):
+    datasets = []
+    for line in (DOCS / page).read_text().splitlines():
+      cells = [c.strip() for c in line.strip().strip("|").split("|")]
+      if not line.startswith("| ") or len(cells) < 3 or cells[1] == "option":
+        continue
+      if cells[dataset_col]:
+        datasets = re.findall(r"`([^`]+)`", cells[dataset_col])
+      for name in datasets:
+        tables.setdefault(name, set()).update(
+            re.findall(r"`(\w+)`", cells[option_col]))
+  folder = (DOCS / "imagefolder.md").read_text().split("## Options", 1)[1]
+  for line in folder.split("\n## ", 1)[0].splitlines():
+    cells = [c.strip() for c in line.strip().strip("|").split("|")]
+    if len(cells) >= 4 and cells[0].startswith("`"):
+      for col, name in ((1, "imagefolder"), (2, "image_records")):
+        if cells[col]:
+          tables.setdefault(name, set()).update(
+              re.findall(r"`(\w+)`", cells[0]))
+  return tables
+
+
+def test_docs_list_each_datasets_options():
+  from ovsw_jax import data  # pylint: disable=g-import-not-at-top
+  tables = _option_tables()
+  for name in ("cifar10", "cifar100", "digits", "synthetic", "imagenet2012",
+               "imagefolder", "image_records"):
+    assert tables.get(name) == set(data.dataset_options(name)), (
+        f"docs list {sorted(tables.get(name, ()))} for dataset {name!r}; "
+        f"the code takes {data.dataset_options(name)}: update docs/data.md "
+        "(or docs/imagefolder.md's Options)")
