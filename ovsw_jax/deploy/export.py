@@ -40,6 +40,7 @@ import numpy as np
 from ovsw_jax import layers
 from ovsw_jax.deploy import bitpack
 from ovsw_jax.deploy import format as format_lib
+from ovsw_jax.deploy import model_layout
 from ovsw_jax.deploy import schema
 
 FLOAT_DTYPES = schema.FLOAT_DTYPES
@@ -180,7 +181,7 @@ class _Packer:
     signs, scale = module.eval_signs_and_scale(_get(self.params, name))
     bn_mul, bn_add = self.folded_affine(name, signs.shape[-1])
     # The fields `schema.check` expects of this layer when the file is read.
-    entry = schema.binary_fields(module, signs.shape, in_shape)
+    entry = model_layout.binary_fields(module, signs.shape, in_shape)
     if signs.ndim == 4:
       w, tap_sums = bitpack.pack_conv_kernel_np(signs)
       entry["kind"] = format_lib.BINARY_CONV

@@ -24,20 +24,18 @@ was expected.
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import json
 import numbers
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
-from jax import lax
 import numpy as np
 
 from ovsw_jax import layers
 from ovsw_jax import models
+from ovsw_jax.deploy import model_layout
+from ovsw_jax.deploy.model_layout import Module
 
 # Layer kinds of the header's table.
 BINARY_CONV = "binary_conv"
@@ -82,83 +80,6 @@ HEADER_FIELDS: dict[str, tuple[bool, Callable[[Any], bool], str]] = {
         isinstance(n, str) for n in v), "a list of layer names"),
     "metadata": (False, lambda v: isinstance(v, dict), "a JSON object"),
 }
-
-
-@dataclasses.dataclass(frozen=True)
-class Module:
-  """One module of the model as its abstract init called it."""
-  module: nn.Module
-  in_shape: tuple[int, ...]
-  params: Mapping[str, Any]  # its params' ShapeDtypeStructs
-
-
-def resolve_padding(module: nn.Module, in_hw: Sequence[int]
-                    ) -> list[list[int]]:
-  """A conv's explicit ``[[top, bottom], [left, right]]`` zero padding."""
-  ks = tuple(module.kernel_size)
-  if module.padding is None:
-    return [list(p) for p in layers.torch_padding(ks)]
-  if isinstance(module.padding, str):
-    return [list(p) for p in lax.padtype_to_pads(
-        tuple(in_hw), ks, tuple(module.strides), module.padding)]
-  return [list(p) for p in module.padding]
-
-
-def binary_fields(module: nn.Module, kernel_shape: Sequence[int],
-                  in_shape: Sequence[int]) -> dict[str, Any]:
-  """A binary layer's table fields (`export` writes them, `check` expects
-  them): ``in_features``, and for a conv its kernel size, strides and
-  padding."""
-  fields = {"in_features": int(kernel_shape[-2])}
-  if len(kernel_shape) == 4:
-    fields.update(kernel_size=[int(k) for k in kernel_shape[:2]],
-                  strides=[int(s) for s in module.strides],
-                  padding=resolve_padding(module, in_shape[1:3]))
-  return fields
-
-
-@functools.lru_cache(maxsize=16)
-def _model_layout(key: str) -> tuple[dict[str, Module], dict[str, Any]]:
-  """The modules (by path) and abstract variables of the header's model."""
-  name, options, num_classes, image_shape = json.loads(key)
-  model = models.get_model(name, num_classes, **options)
-  calls: dict[str, tuple[nn.Module, tuple[int, ...]]] = {}
-
-  def interceptor(next_fun, args, kwargs, context):
-    if context.method_name == "__call__" and isinstance(
-        context.module, (layers.BinaryConv, layers.BinaryDense, nn.Conv,
-                         nn.Dense, nn.BatchNorm)):
-      calls["/".join(context.module.path)] = (context.module,
-                                              tuple(args[0].shape))
-    return next_fun(*args, **kwargs)
-
-  def init():
-    with nn.intercept_methods(interceptor):
-      return model.init(jax.random.key(0),
-                        jnp.zeros((1, *image_shape), jnp.float32))
-
-  variables = jax.eval_shape(init)
-  modules = {path: Module(m, shape, _subtree(variables["params"], path))
-             for path, (m, shape) in calls.items()}
-  return modules, {k: v for k, v in variables.items()
-                   if k in ("params", "batch_stats")}
-
-
-def _subtree(tree: Mapping[str, Any], path: str) -> Mapping[str, Any]:
-  node = tree
-  for p in path.split("/"):
-    node = node.get(p, {}) if isinstance(node, Mapping) else {}
-  return node
-
-
-def _flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, Mapping):
-      out.update(_flat(v, f"{prefix}{k}/"))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
 
 
 def _words(n: int) -> int:
@@ -213,7 +134,7 @@ def _layout(header: Mapping[str, Any]
                     header["model_options"], header["num_classes"],
                     header["image_shape"]], sort_keys=True)
   try:
-    return _model_layout(key)
+    return model_layout.model_layout(key)
   except Exception as e:  # Whatever the model's constructor raises.
     raise PackedFormatError(
         f"the header's model {header['model']!r} with options "
@@ -255,7 +176,7 @@ def _check_entry(name: str, entry: Mapping[str, Any], m: Optional[Module],
     if (kind == BINARY_CONV) != (len(kernel.shape) == 4):
       raise PackedFormatError(f"layer {name!r} has kind {kind!r} but its "
                               f"kernel has shape {kernel.shape}")
-    for field, want in binary_fields(m.module, kernel.shape,
+    for field, want in model_layout.binary_fields(m.module, kernel.shape,
                                      m.in_shape).items():
       if entry.get(field) != want:
         raise PackedFormatError(
@@ -370,7 +291,7 @@ def _expected_variables(header: Mapping[str, Any],
                 if isinstance(m.module, nn.BatchNorm)]
   out = {}
   for collection, tree in abstract.items():
-    for key, leaf in _flat(tree).items():
+    for key, leaf in model_layout.flat(tree).items():
       if any(key.startswith(f"{d}/") for d in dropped):
         continue
       dtype = leaf.dtype
@@ -396,7 +317,7 @@ def check(header: Any, arrays: Mapping[str, Mapping[str, np.ndarray]],
   folded = _check_table(header, modules)
   _check_layer_arrays(header, modules, arrays, folded)
   expected = _expected_variables(header, modules, abstract)
-  got = _flat(variables)
+  got = model_layout.flat(variables)
   for key, (dtype, shape) in expected.items():
     _compare(f"variables/{key}", got.pop(key, None), dtype, shape)
   if got:
