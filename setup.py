@@ -1,6 +1,7 @@
 """ovsw_jax: OvSW (ECCV 2024) binary neural networks in JAX, Flax and optax."""
 
 import importlib.util
+import os
 from pathlib import Path
 import platform
 
@@ -8,6 +9,23 @@ from setuptools import Extension, find_packages, setup
 from setuptools.command.build_ext import build_ext
 
 README = Path(__file__).parent / "README.md"
+# OVSW_SANITIZE=1 builds both native libraries under AddressSanitizer and
+# UndefinedBehaviorSanitizer (docs/native_safety.md: loading such a build
+# needs libasan preloaded; the fuzzers use it).
+SANITIZE = os.environ.get("OVSW_SANITIZE", "0") not in ("", "0")
+
+
+def sanitizer_args() -> tuple[list[str], list[str]]:
+  """(compile, link) flags of the OVSW_SANITIZE build; empty without it.
+
+  Any undefined behaviour aborts (no recovery), so a fuzzer sees it; -O1 and
+  frame pointers give readable reports.
+  """
+  if not SANITIZE:
+    return [], []
+  sanitizers = "-fsanitize=address,undefined"
+  return ([sanitizers, "-fno-sanitize-recover=all", "-fno-omit-frame-pointer",
+           "-g", "-O1"], [sanitizers])
 
 
 def xnor_kernel() -> list[Extension]:
@@ -28,10 +46,12 @@ def xnor_kernel() -> list[Extension]:
           "-Wno-attributes", "-Wno-return-type"]
   if platform.machine() in ("aarch64", "arm64"):
     args.append("-mcpu=native")  # NEON is baseline; tune for the host.
+  compile_sanitized, link_sanitized = sanitizer_args()
   return [Extension("ovsw_jax.deploy._xnor_kernel",
                     ["ovsw_jax/deploy/csrc/xnor_conv.cc"],
                     include_dirs=[str(include)], language="c++",
-                    extra_compile_args=args, optional=True)]
+                    extra_compile_args=args + compile_sanitized,
+                    extra_link_args=link_sanitized, optional=not SANITIZE)]
 
 
 def jpeg_crop_decoder() -> list[Extension]:
@@ -39,11 +59,13 @@ def jpeg_crop_decoder() -> list[Extension]:
   libjpeg(-turbo). Optional: without libjpeg's headers (libjpeg-turbo8-dev,
   libjpeg62-turbo-dev, libjpeg-turbo-devel) or a compiler, the install goes
   on and decoder="auto" uses PIL (`ovsw_jax.data.jpeg`)."""
+  compile_sanitized, link_sanitized = sanitizer_args()
   return [Extension("ovsw_jax.data._jpeg_crop",
                     ["ovsw_jax/data/csrc/jpeg_crop.cc"], language="c++",
                     libraries=["jpeg"],
-                    extra_compile_args=["-O3", "-std=c++17"],
-                    optional=True)]
+                    extra_compile_args=["-O3", "-std=c++17"] +
+                    compile_sanitized,
+                    extra_link_args=link_sanitized, optional=not SANITIZE)]
 
 
 class BuildLibrary(build_ext):

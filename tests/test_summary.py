@@ -76,8 +76,10 @@ def test_packed_sizes_equal_the_exported_files(tmp_path):
   shape = (32, 32, 3)
   variables = jax.jit(model.init)(jax.random.PRNGKey(0),
                                   jnp.zeros((1, *shape)))
+  # The options must be the model's: load checks the file against them.
   packed = export.export_model(model, variables, model_name="cresnet20_1w1a",
-                               model_options={}, image_shape=shape)
+                               model_options={"stage_sizes": [1, 1, 1]},
+                               image_shape=shape)
   format_lib.save(packed, tmp_path / "r20.npz")
   loaded = format_lib.load(tmp_path / "r20.npz")
   s = summary(model, shape)

@@ -22,7 +22,10 @@ Decoders (`DECODERS`), chosen by measurement (benchmarks/input_pipeline.py):
 - "auto" (the default): "native" where it is built, else "pil_draft".
 
 Crop boxes are always given in the full-size image's coordinates, so the
-random numbers (and hence resume) do not depend on the decoder.
+random numbers (and hence resume) do not depend on the decoder. Every decoder
+checks them, the output size and the image's declared size the same way
+(`crop_checks`: a bad box is refused with a ValueError naming it, never
+clipped; an image over the pixel limit is refused from its header).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from typing import Callable
 
 import numpy as np
 
+from ovsw_jax.data import crop_checks
 from ovsw_jax.data import native_jpeg
 
 DECODERS = ('auto', 'native', 'pil', 'pil_draft', 'simplejpeg')
@@ -74,6 +78,24 @@ def is_jpeg(data: bytes) -> bool:
   return data[:3] == b'\xff\xd8\xff'
 
 
+def _checked_box(box_fn: BoxFn, full_h: int, full_w: int
+                 ) -> tuple[float, float, float, float]:
+  """The box for an image of this size, after the size and the box are
+  checked (`crop_checks`)."""
+  crop_checks.check_image_size(full_h, full_w)
+  return crop_checks.check_box(box_fn(full_h, full_w), full_h, full_w)
+
+
+def _open_pil(data: bytes):
+  """PIL's lazy open (the header only), its bomb check in our terms."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  try:
+    return Image.open(io.BytesIO(data))
+  except Image.DecompressionBombError as e:
+    # PIL's own limit (twice PIL.Image.MAX_IMAGE_PIXELS) applies first.
+    raise crop_checks.ImageTooLargeError(f'PIL refuses the image: {e}') from e
+
+
 def _resize_box(img, box: tuple[int, int, int, int], sy: float, sx: float,
                 out_hw: tuple[int, int]) -> np.ndarray:
   """Bilinear resize of `box` (full-image coordinates) of a scaled image."""
@@ -86,10 +108,9 @@ def _resize_box(img, box: tuple[int, int, int, int], sy: float, sx: float,
 
 def _decode_pil(data: bytes, box_fn: BoxFn, out_hw: tuple[int, int],
                 draft: bool) -> np.ndarray:
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  img = Image.open(io.BytesIO(data))
+  img = _open_pil(data)
   full_w, full_h = img.size
-  box = box_fn(full_h, full_w)
+  box = _checked_box(box_fn, full_h, full_w)
   if draft and img.format == 'JPEG':
     s = scale_factor(box[2], box[3], *out_hw)
     if s > 1:
@@ -108,7 +129,7 @@ def _decode_simplejpeg(data: bytes, box_fn: BoxFn,
   if not is_jpeg(data):
     return _decode_pil(data, box_fn, out_hw, draft=False)
   full_h, full_w, _, _ = simplejpeg.decode_jpeg_header(data)
-  box = box_fn(full_h, full_w)
+  box = _checked_box(box_fn, full_h, full_w)
   s = scale_factor(box[2], box[3], *out_hw)
   arr = simplejpeg.decode_jpeg(
       data, colorspace='RGB', min_height=math.ceil(full_h / s),
@@ -121,7 +142,8 @@ def _decode_native(data: bytes, box_fn: BoxFn,
                    out_hw: tuple[int, int]) -> np.ndarray:
   hw = native_jpeg.image_size(data) if is_jpeg(data) else None
   if hw is not None:
-    out = native_jpeg.decode_crop_resize(data, box_fn(*hw), out_hw)
+    out = native_jpeg.decode_crop_resize(data, _checked_box(box_fn, *hw),
+                                         out_hw)
     if out is not None:
       return out
   # Not a JPEG, or one libjpeg does not turn into RGB (CMYK): PIL does.
@@ -140,8 +162,14 @@ def decode_crop_resize(data: bytes, box_fn: BoxFn, out_hw: tuple[int, int],
 
   Returns:
     uint8 [out_h, out_w, 3].
+
+  Raises:
+    ValueError: a bad ``out_hw`` or box (`crop_checks`), naming it.
+    crop_checks.ImageTooLargeError: an image over the pixel limit.
+    native_jpeg.JpegDecodeError (native), OSError (PIL): corrupt data.
   """
-  return _DECODE[check_decoder(decoder)](data, box_fn, out_hw)
+  decode = _DECODE[check_decoder(decoder)]
+  return decode(data, box_fn, crop_checks.check_out_hw(out_hw))
 
 
 # decoder -> (data, box_fn, out_hw) -> uint8 pixels.

@@ -35,27 +35,18 @@ from typing import Any, Mapping, Optional, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax import lax
 import numpy as np
 
 from ovsw_jax import layers
 from ovsw_jax.deploy import bitpack
 from ovsw_jax.deploy import format as format_lib
+from ovsw_jax.deploy import model_layout
+from ovsw_jax.deploy import schema
 
-FLOAT_DTYPES = ("float16", "float32")
+FLOAT_DTYPES = schema.FLOAT_DTYPES
 # ReCUConv and every other BinaryConv subclass included.
 _BINARY = (layers.BinaryConv, layers.BinaryDense)
 _FLOAT = (nn.Conv, nn.Dense)
-
-
-def _resolve_padding(module, in_hw: Sequence[int]) -> list[list[int]]:
-  ks = tuple(module.kernel_size)
-  if module.padding is None:
-    return [list(p) for p in layers.torch_padding(ks)]
-  if isinstance(module.padding, str):
-    return [list(p) for p in lax.padtype_to_pads(
-        tuple(in_hw), ks, tuple(module.strides), module.padding)]
-  return [list(p) for p in module.padding]
 
 
 def _trace(model: nn.Module, variables: Mapping[str, Any],
@@ -189,13 +180,11 @@ class _Packer:
           "stage 2)")
     signs, scale = module.eval_signs_and_scale(_get(self.params, name))
     bn_mul, bn_add = self.folded_affine(name, signs.shape[-1])
-    entry = {"in_features": int(signs.shape[-2])}
+    # The fields `schema.check` expects of this layer when the file is read.
+    entry = model_layout.binary_fields(module, signs.shape, in_shape)
     if signs.ndim == 4:
       w, tap_sums = bitpack.pack_conv_kernel_np(signs)
-      entry.update(kind=format_lib.BINARY_CONV,
-                   kernel_size=list(signs.shape[:2]),
-                   strides=list(module.strides),
-                   padding=_resolve_padding(module, in_shape[1:3]))
+      entry["kind"] = format_lib.BINARY_CONV
       self.arrays[name] = {"w": w, "tap_sums": tap_sums}
     else:
       entry.update(kind=format_lib.BINARY_DENSE)

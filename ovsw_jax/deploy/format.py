@@ -29,8 +29,10 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import math
 import os
 from typing import Any, Mapping
+import zipfile
 
 import flax.linen as nn
 import jax
@@ -38,23 +40,20 @@ import jax.numpy as jnp
 import numpy as np
 
 from ovsw_jax import models
+from ovsw_jax.deploy import schema
+# The layer kinds and the error, defined with the checks of a file (schema).
+from ovsw_jax.deploy.schema import BINARY_CONV  # pylint: disable=unused-import
+from ovsw_jax.deploy.schema import BINARY_DENSE  # pylint: disable=unused-import
+from ovsw_jax.deploy.schema import BN_AFFINE  # pylint: disable=unused-import
+from ovsw_jax.deploy.schema import BN_FOLDED  # pylint: disable=unused-import
+from ovsw_jax.deploy.schema import FLOAT_AFFINE  # pylint: disable=unused-import
+from ovsw_jax.deploy.schema import PackedFormatError
 
 FORMAT = "ovsw_jax.packed"
 VERSION = 1
 HEADER_KEY = "__header__"
 VARIABLES_PREFIX = "variables/"
 LAYERS_PREFIX = "layers/"
-
-# Layer kinds of the header's table.
-BINARY_CONV = "binary_conv"
-BINARY_DENSE = "binary_dense"
-BN_AFFINE = "bn_affine"        # an unfolded BatchNorm: x * mul + add
-BN_FOLDED = "bn_folded"        # folded into its producer: the identity
-FLOAT_AFFINE = "float_affine"  # a float conv/dense with a folded BN
-
-
-class PackedFormatError(ValueError):
-  """A file that is not a readable packed model."""
 
 
 @dataclasses.dataclass
@@ -145,12 +144,85 @@ def save(packed: PackedModel, path: str | os.PathLike[str]) -> int:
   return os.path.getsize(path)
 
 
+def _read_array(z: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
+  """One ``.npy`` member, its header checked against the bytes it holds
+  before the data is read (a damaged header cannot make numpy allocate more
+  than the file holds)."""
+  with z.open(info) as f:
+    version = np.lib.format.read_magic(f)
+    read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                   (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+    if read_header is None:
+      raise ValueError(f".npy version {version}")
+    shape, fortran, dtype = read_header(f)
+    if dtype.hasobject or any(d < 0 for d in shape):
+      raise ValueError(f"its header declares {dtype} {shape}")
+    nbytes = math.prod(shape) * dtype.itemsize
+    data = f.read(nbytes + 1)  # to the end, where zipfile checks the CRC
+  if len(data) != nbytes:
+    raise ValueError(f"its header declares {dtype} {shape} ({nbytes} bytes) "
+                     f"and the file holds {len(data)} bytes")
+  return np.frombuffer(data, dtype).reshape(
+      shape, order="F" if fortran else "C").copy()
+
+
+def _read_npz(blob: bytes) -> dict[str, np.ndarray]:
+  arrays = {}
+  with zipfile.ZipFile(io.BytesIO(blob)) as z:
+    for info in z.infolist():
+      name = info.filename.removesuffix(".npy")
+      try:
+        arrays[name] = _read_array(z, info)
+      except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
+        raise PackedFormatError(f"array {name!r}: {e}") from e
+  return arrays
+
+
+def _split(flat: dict[str, np.ndarray]
+           ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+  """A file's arrays as (header, layers, variables)."""
+  try:
+    header = json.loads(flat.pop(HEADER_KEY).tobytes().decode())
+  except ValueError as e:  # JSON's and UTF-8's errors
+    raise PackedFormatError(f"the header is not JSON ({e})") from e
+  if not isinstance(header, dict):
+    raise PackedFormatError("the header is not a JSON object")
+  version = header.get("version")
+  if header.get("format") != FORMAT or not schema.is_int(version, 1) or (
+      version > VERSION):
+    raise PackedFormatError(
+        f"it holds format {header.get('format')!r} version {version!r}; this "
+        f"ovsw_jax reads {FORMAT!r} versions 1 to {VERSION}")
+  schema.check_header(header)
+  layers: dict[str, dict[str, np.ndarray]] = {}
+  other = []
+  for k, v in flat.items():
+    name, sep, leaf = k[len(LAYERS_PREFIX):].partition("//")
+    if k.startswith(LAYERS_PREFIX) and sep and name and leaf:
+      layers.setdefault(name, {})[leaf] = v
+    elif not k.startswith(VARIABLES_PREFIX):
+      other.append(k)
+  if other:
+    raise PackedFormatError(f"arrays {sorted(other)[:5]} are neither "
+                            "layers nor variables")
+  try:
+    variables = unflatten({k[len(VARIABLES_PREFIX):]: v
+                           for k, v in flat.items()
+                           if k.startswith(VARIABLES_PREFIX)})
+  except (TypeError, AttributeError) as e:  # 'a' both a leaf and a folder
+    raise PackedFormatError(f"variables that clash ({e})") from e
+  return header, layers, variables
+
+
 def load(path: str | os.PathLike[str]) -> PackedModel:
-  """Reads a file written by `save`.
+  """Reads a file written by `save`, and checks it (`schema.check`): every
+  array's dtype and shape against what its header implies, before any array
+  reaches native code.
 
   Raises:
     FileNotFoundError: no such file.
-    PackedFormatError: not a packed model, a newer version, or damaged.
+    PackedFormatError: not a packed model, a newer version, or damaged; the
+      message names the field or array and what was expected.
   """
   path = os.fspath(path)
   if not os.path.exists(path):
@@ -159,10 +231,11 @@ def load(path: str | os.PathLike[str]) -> PackedModel:
         "ovsw_jax.deploy export --workdir=<training workdir> --out=<file>`")
   try:
     with open(path, "rb") as f:
-      blob = f.read()
-    with np.load(io.BytesIO(blob), allow_pickle=False) as z:
-      flat = {k: z[k] for k in z.files}
-  except Exception as e:  # zipfile/np errors differ by damage.
+      flat = _read_npz(f.read())
+  except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+    if isinstance(e, PackedFormatError):
+      raise PackedFormatError(f"{path!r}: {e}; export it again with "
+                              "`python -m ovsw_jax.deploy export`") from e
     raise PackedFormatError(
         f"{path!r} is not a readable packed model ({type(e).__name__}: {e}); "
         "export it again with `python -m ovsw_jax.deploy export`") from e
@@ -170,24 +243,10 @@ def load(path: str | os.PathLike[str]) -> PackedModel:
     raise PackedFormatError(
         f"{path!r} has no {HEADER_KEY!r} entry: not a packed model written by "
         "ovsw_jax.deploy.export")
-  header = json.loads(flat.pop(HEADER_KEY).tobytes().decode())
-  if header.get("format") != FORMAT or header.get("version", 0) > VERSION:
-    raise PackedFormatError(
-        f"{path!r} holds format {header.get('format')!r} version "
-        f"{header.get('version')!r}; this ovsw_jax reads {FORMAT!r} up to "
-        f"version {VERSION}")
-  variables = unflatten({k[len(VARIABLES_PREFIX):]: v
-                          for k, v in flat.items()
-                          if k.startswith(VARIABLES_PREFIX)})
-  layers: dict[str, dict[str, np.ndarray]] = {}
-  for k, v in flat.items():
-    if k.startswith(LAYERS_PREFIX):
-      name, leaf = k[len(LAYERS_PREFIX):].split("//")
-      layers.setdefault(name, {})[leaf] = v
-  missing = sorted(set(header["layers"]) - set(layers)
-                   - {n for n, e in header["layers"].items()
-                      if e["kind"] == BN_FOLDED})
-  if missing:
-    raise PackedFormatError(f"{path!r} lacks the arrays of layers {missing}; "
-                            "the file is damaged, export it again")
+  try:
+    header, layers, variables = _split(flat)
+    schema.check(header, layers, variables)
+  except PackedFormatError as e:
+    raise PackedFormatError(f"{path!r}: {e}; the file is damaged or was not "
+                            "written by this ovsw_jax: export it again") from e
   return PackedModel(header=header, layers=layers, variables=variables)

@@ -17,28 +17,41 @@ VPOPCNTDQ (8 words per instruction), AVX2 with scalar POPCNT, or baseline C++
 
 The packed file keeps its ``uint32`` layout (format v1); `conv_kernel_words`
 regroups a layer's words for the kernel when a predict function is built.
+
+Arguments are checked twice: `xnor_conv` refuses bad shapes, word counts,
+strides and padding with a ValueError before anything is traced, and the C++
+handler checks XLA's buffers and attributes again (an error status, never an
+out-of-bounds read); docs/native_safety.md lists the checks.
+``$OVSW_NATIVE_BUILD`` names another build of the library to load (a
+``setup.py build_ext --build-lib`` folder, such as the sanitizer build).
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
+import operator
 import os
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 TARGET = "ovsw_xnor_conv"
+BUILD_ENV = "OVSW_NATIVE_BUILD"
 _HERE = Path(__file__).resolve().parent
 _LIBRARY_GLOB = "_xnor_kernel*.so"
+MAX_ATTR = 4096  # the kernel's bound on kernel sizes and strides
 
 
 def library_path() -> Optional[Path]:
-  """The built kernel library, or None if the install did not build it."""
-  found = sorted(_HERE.glob(_LIBRARY_GLOB))
+  """The built kernel library (``$OVSW_NATIVE_BUILD``'s if set), or None if
+  the install did not build it."""
+  build = os.environ.get(BUILD_ENV)
+  folder = Path(build) / "ovsw_jax" / "deploy" if build else _HERE
+  found = sorted(folder.glob(_LIBRARY_GLOB))
   return found[0] if found else None
 
 
@@ -120,21 +133,86 @@ def xnor_conv(x: jax.Array, w_words: jax.Array, kernel_size: Sequence[int],
 
   Raises:
     RuntimeError: the kernel is not built (`available` is False).
+    ValueError: inconsistent arguments (`check_conv_args`).
   """
   if not available():
     raise RuntimeError(
         "the native XNOR kernel is not built: reinstall with a C++ compiler "
         "present (pip install -e .), or use backend='jax'")
-  (kh, kw), (sh, sw) = kernel_size, strides
-  (pt, pb), (pl, pr) = padding
-  n, h, w, _ = x.shape
-  ho = (h + pt + pb - kh) // sh + 1
-  wo = (w + pl + pr - kw) // sw + 1
-  out = jax.ShapeDtypeStruct((n, ho, wo, w_words.shape[1]), jnp.int32)
+  (kh, kw), (sh, sw), (pt, _), (pl, _), ho, wo = check_conv_args(
+      x.shape, w_words.shape, w_words.dtype, kernel_size, strides, padding,
+      threads)
+  out = jax.ShapeDtypeStruct((x.shape[0], ho, wo, w_words.shape[1]),
+                             jnp.int32)
   return jax.ffi.ffi_call(TARGET, out)(
       x.astype(jnp.float32), w_words, kh=np.int64(kh), kw=np.int64(kw),
       sh=np.int64(sh), sw=np.int64(sw), pad_h=np.int64(pt),
       pad_w=np.int64(pl), threads=np.int64(threads))
+
+
+def _ints(value: Any, n: int, name: str, low: int, high: int
+          ) -> tuple[int, ...]:
+  """``value`` as n ints in [low, high], or raises naming it."""
+  try:
+    out = tuple(operator.index(v) for v in value)
+  except TypeError:
+    out = ()
+  if len(out) != n or not all(low <= v <= high for v in out):
+    raise ValueError(f"{name}={value!r} must be {n} ints in [{low}, {high}]")
+  return out
+
+
+def check_conv_args(x_shape: Sequence[int], w_shape: Sequence[int],
+                    w_dtype: Any, kernel_size: Sequence[int],
+                    strides: Sequence[int],
+                    padding: Sequence[tuple[int, int]], threads: int
+                    ) -> tuple[tuple[int, int], tuple[int, int],
+                               tuple[int, int], tuple[int, int], int, int]:
+  """`xnor_conv`'s arguments checked against each other (the C++ handler
+  checks the same on XLA's buffers).
+
+  Returns:
+    ``(kernel_size, strides, (pad_top, pad_bottom), (pad_left, pad_right),
+    Ho, Wo)`` as ints.
+
+  Raises:
+    ValueError: naming the bad value: ranks, the weights' dtype or word
+      count for the input's channels, kernel sizes or strides outside [1,
+      MAX_ATTR], padding outside [0, kernel), an empty output, threads < 1.
+  """
+  kh, kw = _ints(kernel_size, 2, "kernel_size", 1, MAX_ATTR)
+  sh, sw = _ints(strides, 2, "strides", 1, MAX_ATTR)
+  pads = tuple(padding) if isinstance(padding, (tuple, list)) else ()
+  if len(pads) != 2:
+    raise ValueError(f"padding={padding!r} must be ((top, bottom), "
+                     "(left, right))")
+  (pt, pb), (pl, pr) = (
+      _ints(pads[0], 2, "padding (top, bottom)", 0, kh - 1),
+      _ints(pads[1], 2, "padding (left, right)", 0, kw - 1))
+  if len(x_shape) != 4:
+    raise ValueError(f"x has shape {tuple(x_shape)}; it must be NHWC")
+  _, h, w, c = x_shape
+  words = -(-c // 64)
+  want = (kh * kw * words, w_shape[1] if len(w_shape) == 3 else None, 2)
+  if (len(w_shape) != 3 or tuple(w_shape) != want or
+      np.dtype(w_dtype) != np.uint32):
+    raise ValueError(
+        f"w_words has shape {tuple(w_shape)} and dtype {np.dtype(w_dtype)}; "
+        f"for C={c} input channels and a {kh}x{kw} kernel it must be uint32 "
+        f"(kh*kw*ceil(C/64), C_out, 2) = ({kh * kw * words}, C_out, 2) "
+        "(conv_kernel_words)")
+  ho = (h + pt + pb - kh) // sh + 1
+  wo = (w + pl + pr - kw) // sw + 1
+  if ho < 1 or wo < 1:
+    raise ValueError(f"x of shape {tuple(x_shape)} with padding {padding!r} "
+                     f"is smaller than the {kh}x{kw} kernel: no output")
+  try:
+    valid_threads = operator.index(threads) >= 1
+  except TypeError:
+    valid_threads = False
+  if not valid_threads:
+    raise ValueError(f"threads={threads!r} must be an int >= 1")
+  return (kh, kw), (sh, sw), (pt, pb), (pl, pr), ho, wo
 
 
 def peak_bit_ops(words: np.ndarray, reps: int) -> int:
@@ -148,6 +226,9 @@ def peak_bit_ops(words: np.ndarray, reps: int) -> int:
   if lib is None:
     raise RuntimeError("the native XNOR kernel is not built")
   words = np.ascontiguousarray(words, np.uint64)
+  if words.size < 1 or reps < 0:
+    raise ValueError(f"peak_bit_ops needs words (got {words.size}) and "
+                     f"reps >= 0 (got {reps})")
   checksum = ctypes.c_uint64()
   return int(lib.ovsw_xnor_peak(
       words.ctypes.data_as(ctypes.c_void_p), ctypes.c_int64(words.size),

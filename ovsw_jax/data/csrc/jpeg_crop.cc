@@ -18,15 +18,24 @@
 // C API (ctypes, ovsw_jax/data/native_jpeg.py):
 //   ovsw_jpeg_size(data, size, hw[2]) -> 0, or -1 if not a readable JPEG;
 //   ovsw_jpeg_decode_crop_resize(data, size, box[4], out_h, out_w, fast_idct,
-//                                out, err, err_len)
+//                                max_pixels, out, err, err_len)
 //     -> 0: out holds out_h x out_w x 3 uint8;
 //        1: a JPEG this decoder does not convert to RGB (CMYK, YCCK): decode
 //           it another way;
-//        2: a decode error, described in err.
+//        2: a decode error (corrupt or truncated data), described in err;
+//        3: a bad argument, named in err: an empty buffer, out_h or out_w
+//           outside [1, 65535] or their product over max_pixels, a box that
+//           is not finite, has a size <= 0 or extends past the image (by more
+//           than kBoxTolerance pixels: boxes are refused, not clipped);
+//        4: the header declares more than max_pixels pixels (refused before
+//           any pixel memory is allocated), described in err.
+// Every argument is checked here, whatever the caller checked before: the
+// Python wrappers check the same things first, with the same messages' gist.
 
 #include <setjmp.h>
 
 #include <algorithm>
+#include <cstdarg>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -35,9 +44,15 @@
 
 extern "C" {
 #include <jpeglib.h>
+#include <jerror.h>
 }
 
 namespace {
+
+enum Status { kOk = 0, kNotRgb = 1, kCorrupt = 2, kBadArgument = 3,
+              kTooLarge = 4 };
+constexpr int32_t kMaxSide = 65535;   // JPEG's own limit is 65500
+constexpr double kBoxTolerance = 1e-3;  // pixels of float rounding at edges
 
 struct ErrorManager {
   jpeg_error_mgr pub;
@@ -51,14 +66,21 @@ void ErrorExit(j_common_ptr cinfo) {
   longjmp(err->jump, 1);
 }
 
-void SilentMessage(j_common_ptr, int) {}  // Warnings: decode what is there.
+// Warnings (corrupt data libjpeg can decode through) are silent, as in PIL,
+// except running out of data: libjpeg would pad a truncated file with gray,
+// which is refused instead (PIL refuses it too).
+void EmitMessage(j_common_ptr cinfo, int msg_level) {
+  if (msg_level == -1 && cinfo->err->msg_code == JWRN_JPEG_EOF) {
+    ErrorExit(cinfo);
+  }
+}
 
 // Errors longjmp back to the caller's setjmp (which must be in the caller's
 // own frame) with libjpeg's message.
 void InitErrors(jpeg_decompress_struct* cinfo, ErrorManager* err) {
   cinfo->err = jpeg_std_error(&err->pub);
   err->pub.error_exit = ErrorExit;
-  err->pub.emit_message = SilentMessage;
+  err->pub.emit_message = EmitMessage;
 }
 
 // PIL's resample coefficients for one axis (precompute_coeffs, BILINEAR):
@@ -133,8 +155,89 @@ bool ConvertibleToRgb(const jpeg_decompress_struct& cinfo) {
 
 }  // namespace
 
+namespace {
+
+// Writes a message to err (if there is room) and returns status.
+int Fail(char* err, int32_t err_len, int status, const char* format, ...)
+    __attribute__((format(printf, 4, 5)));
+int Fail(char* err, int32_t err_len, int status, const char* format, ...) {
+  if (err != nullptr && err_len > 0) {
+    va_list args;
+    va_start(args, format);
+    std::vsnprintf(err, static_cast<size_t>(err_len), format, args);
+    va_end(args);
+  }
+  return status;
+}
+
+bool ReadableBuffer(const uint8_t* data, int64_t size) {
+  return data != nullptr && size > 0 &&
+         static_cast<uint64_t>(size) <= static_cast<uint64_t>(~0ul);
+}
+
+// The arguments that do not need the image: buffers, output size, the box's
+// own values.
+int CheckArguments(const uint8_t* data, int64_t size, const double* box,
+                   int32_t out_h, int32_t out_w, int64_t max_pixels,
+                   const uint8_t* out, char* err, int32_t err_len) {
+  if (!ReadableBuffer(data, size)) {
+    return Fail(err, err_len, kBadArgument,
+                "empty or unreadable JPEG buffer (%lld bytes)",
+                static_cast<long long>(size));
+  }
+  if (box == nullptr || out == nullptr) {
+    return Fail(err, err_len, kBadArgument, "box or output buffer is NULL");
+  }
+  if (max_pixels < 1) {
+    return Fail(err, err_len, kBadArgument, "max_pixels=%lld must be >= 1",
+                static_cast<long long>(max_pixels));
+  }
+  if (out_h < 1 || out_w < 1 || out_h > kMaxSide || out_w > kMaxSide ||
+      int64_t{out_h} * out_w > max_pixels) {
+    return Fail(err, err_len, kBadArgument,
+                "out_hw=(%d, %d): height and width must be in [1, %d] with "
+                "at most %lld pixels", out_h, out_w, kMaxSide,
+                static_cast<long long>(max_pixels));
+  }
+  const double top = box[0], left = box[1], bh = box[2], bw = box[3];
+  if (!std::isfinite(top) || !std::isfinite(left) || !std::isfinite(bh) ||
+      !std::isfinite(bw) || bh <= 0 || bw <= 0 || top < -kBoxTolerance ||
+      left < -kBoxTolerance) {
+    return Fail(err, err_len, kBadArgument,
+                "box=(%g, %g, %g, %g) (top, left, height, width) must be "
+                "finite, with top, left >= 0 and height, width > 0",
+                top, left, bh, bw);
+  }
+  return kOk;
+}
+
+// The checks that need the header: the image's size against the limit, and
+// the box inside the image.
+int CheckImage(const jpeg_decompress_struct& cinfo, const double* box,
+               int64_t max_pixels, char* err, int32_t err_len) {
+  const int64_t h = cinfo.image_height, w = cinfo.image_width;
+  if (h * w > max_pixels) {
+    return Fail(err, err_len, kTooLarge,
+                "image of %lldx%lld = %lld pixels is over the limit of %lld",
+                static_cast<long long>(h), static_cast<long long>(w),
+                static_cast<long long>(h * w),
+                static_cast<long long>(max_pixels));
+  }
+  if (box[0] + box[2] > h + kBoxTolerance ||
+      box[1] + box[3] > w + kBoxTolerance) {
+    return Fail(err, err_len, kBadArgument,
+                "box=(%g, %g, %g, %g) extends past the %lldx%lld image "
+                "(boxes are not clipped)", box[0], box[1], box[2], box[3],
+                static_cast<long long>(h), static_cast<long long>(w));
+  }
+  return kOk;
+}
+
+}  // namespace
+
 extern "C" int ovsw_jpeg_size(const uint8_t* data, int64_t size,
                               int32_t* hw) {
+  if (!ReadableBuffer(data, size) || hw == nullptr) return -1;
   jpeg_decompress_struct cinfo;
   ErrorManager err;
   InitErrors(&cinfo, &err);
@@ -165,22 +268,27 @@ struct Decoded {
 // The libjpeg part, alone in its frame with setjmp: every object it changes
 // lives behind a pointer (longjmp leaves such objects well defined).
 int DecodeBox(const uint8_t* data, int64_t size, const double* box,
-              int32_t out_h, int32_t out_w, int32_t fast_idct, Decoded* d,
-              char* err_out, int32_t err_len) {
+              int32_t out_h, int32_t out_w, int32_t fast_idct,
+              int64_t max_pixels, Decoded* d, char* err_out,
+              int32_t err_len) {
   jpeg_decompress_struct cinfo;
   ErrorManager err;
   InitErrors(&cinfo, &err);
   if (setjmp(err.jump)) {
-    std::snprintf(err_out, err_len, "%s", err.message);
+    Fail(err_out, err_len, kCorrupt, "%s", err.message);
     jpeg_destroy_decompress(&cinfo);
-    return 2;
+    return kCorrupt;
   }
   jpeg_create_decompress(&cinfo);
   jpeg_mem_src(&cinfo, data, static_cast<unsigned long>(size));
   jpeg_read_header(&cinfo, TRUE);
-  if (!ConvertibleToRgb(cinfo)) {
+  // Before jpeg_start_decompress, which allocates the buffers (a whole
+  // coefficient image for progressive files).
+  int status = CheckImage(cinfo, box, max_pixels, err_out, err_len);
+  if (status == kOk && !ConvertibleToRgb(cinfo)) status = kNotRgb;
+  if (status != kOk) {
     jpeg_destroy_decompress(&cinfo);
-    return 1;
+    return status;
   }
   const double full_h = cinfo.image_height, full_w = cinfo.image_width;
   const double top = box[0], left = box[1], bh = box[2], bw = box[3];
@@ -225,7 +333,7 @@ int DecodeBox(const uint8_t* data, int64_t size, const double* box,
   }
   jpeg_abort_decompress(&cinfo);  // The rows below the box are not decoded.
   jpeg_destroy_decompress(&cinfo);
-  return 0;
+  return kOk;
 }
 
 // Four floats: one RGBX pixel (GCC/Clang vector extension: SSE on x86-64,
@@ -299,11 +407,14 @@ void Resize(const Decoded& d, int32_t out_h, int32_t out_w, uint8_t* out) {
 extern "C" int ovsw_jpeg_decode_crop_resize(const uint8_t* data, int64_t size,
                                             const double* box, int32_t out_h,
                                             int32_t out_w, int32_t fast_idct,
-                                            uint8_t* out, char* err_out,
-                                            int32_t err_len) {
+                                            int64_t max_pixels, uint8_t* out,
+                                            char* err_out, int32_t err_len) {
+  int status = CheckArguments(data, size, box, out_h, out_w, max_pixels, out,
+                              err_out, err_len);
+  if (status != kOk) return status;
   Decoded d;
-  const int status = DecodeBox(data, size, box, out_h, out_w, fast_idct, &d,
-                               err_out, err_len);
-  if (status == 0) Resize(d, out_h, out_w, out);
+  status = DecodeBox(data, size, box, out_h, out_w, fast_idct, max_pixels,
+                     &d, err_out, err_len);
+  if (status == kOk) Resize(d, out_h, out_w, out);
   return status;
 }

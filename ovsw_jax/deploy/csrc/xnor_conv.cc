@@ -29,7 +29,9 @@
 #include <condition_variable>
 #include <cstdint>
 #include <cstring>
+#include <cstdio>
 #include <mutex>
+#include <string>
 #include <vector>
 
 #if defined(__x86_64__)
@@ -368,6 +370,46 @@ int64_t Tasks(int64_t work, int64_t min_work, int64_t threads,
   return std::max<int64_t>(1, std::min(cap, work / min_work));
 }
 
+// Attributes above this are refused (they would overflow the index maths
+// long before any real layer needs them).
+constexpr int64_t kMaxAttr = 4096;
+
+// Why these shapes and attributes cannot be run (empty if they can): every
+// read and write of the kernel stays inside XLA's buffers when this passes.
+// The output's spatial size comes from the caller (it implies the high
+// padding); each output window must overlap the input (0 <= pad < kernel,
+// and the last window starts inside the input).
+std::string CheckGeometry(const Geometry& g, int64_t w_rows, int64_t threads) {
+  char msg[256];
+  auto fail = [&](const char* what, int64_t a, int64_t b) {
+    std::snprintf(msg, sizeof msg, "ovsw_xnor_conv: %s (%lld, %lld)", what,
+                  static_cast<long long>(a), static_cast<long long>(b));
+    return std::string(msg);
+  };
+  if (g.kh < 1 || g.kw < 1 || g.kh > kMaxAttr || g.kw > kMaxAttr) {
+    return fail("kernel size must be in [1, 4096]: kh, kw =", g.kh, g.kw);
+  }
+  if (g.sh < 1 || g.sw < 1 || g.sh > kMaxAttr || g.sw > kMaxAttr) {
+    return fail("strides must be in [1, 4096]: sh, sw =", g.sh, g.sw);
+  }
+  if (g.pad_h < 0 || g.pad_w < 0 || g.pad_h >= g.kh || g.pad_w >= g.kw) {
+    return fail("padding must be in [0, kernel): pad_h, pad_w =", g.pad_h,
+                g.pad_w);
+  }
+  if (threads < 1) return fail("threads must be >= 1: threads =", threads, 0);
+  if (w_rows != g.kh * g.kw * g.words) {
+    return fail("w has the wrong number of words: rows, kh * kw * words =",
+                w_rows, g.kh * g.kw * g.words);
+  }
+  if (g.ho > 0 && (g.ho - 1) * g.sh - g.pad_h >= g.h) {
+    return fail("output rows past the input: Ho, H =", g.ho, g.h);
+  }
+  if (g.wo > 0 && (g.wo - 1) * g.sw - g.pad_w >= g.w) {
+    return fail("output columns past the input: Wo, W =", g.wo, g.w);
+  }
+  return std::string();
+}
+
 ffi::Error XnorConv(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                     ffi::Buffer<ffi::U32> w,
                     ffi::ResultBuffer<ffi::S32> out, int64_t kh, int64_t kw,
@@ -378,14 +420,18 @@ ffi::Error XnorConv(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   const auto od = out->dimensions();
   if (xd.size() != 4 || wd.size() != 3 || wd[2] != 2 || od.size() != 4) {
     return ffi::Error::InvalidArgument(
-        "ovsw_xnor_conv: x must be NHWC, w (taps * words, C_out, 2)");
+        "ovsw_xnor_conv: x must be NHWC, w (taps * words, C_out, 2), the "
+        "output NHWC");
   }
   Geometry g{xd[0], xd[1], xd[2], xd[3], (xd[3] + 63) / 64, wd[1], kh, kw,
              sh, sw, pad_h, pad_w, od[1], od[2]};
-  if (wd[0] != kh * kw * g.words || od[0] != g.n || od[3] != g.c_out) {
+  if (od[0] != g.n || od[3] != g.c_out) {
     return ffi::Error::InvalidArgument(
-        "ovsw_xnor_conv: shapes of x, w and the output do not agree");
+        "ovsw_xnor_conv: the output's batch and channels must be x's batch "
+        "and w's output channels");
   }
+  const std::string problem = CheckGeometry(g, wd[0], threads);
+  if (!problem.empty()) return ffi::Error::InvalidArgument(problem);
   const Kernels& k = Chosen();
   std::vector<uint64_t> packed(g.n * g.h * g.w * g.words);
   const uint64_t* weights = reinterpret_cast<const uint64_t*>(w.typed_data());
@@ -425,9 +471,10 @@ extern "C" const char* ovsw_xnor_isa() { return Chosen().isa; }
 // The popcount peak microbenchmark, in the chosen instruction set: runs
 // `reps` passes over n words of x and returns the bit operations done (each
 // one XOR + popcount bit), and the checksum in *checksum so that nothing is
-// optimised away. Timed by the caller (benchmarks/lib/deploy_layers.py).
+// optimised away; -1 for a NULL pointer, n < 1 or reps < 0. Timed by the caller (benchmarks/lib/deploy_layers.py).
 extern "C" int64_t ovsw_xnor_peak(const uint64_t* x, int64_t n, int64_t reps,
                                   uint64_t* checksum) {
+  if (x == nullptr || checksum == nullptr || n < 1 || reps < 0) return -1;
   const Kernels& k = Chosen();
   *checksum = k.peak(x, n, reps);
   return n * reps * k.peak_bits_per_word;
