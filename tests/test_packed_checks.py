@@ -164,6 +164,10 @@ def _mutations(h):
       "header_a_list": (lambda a: {**a, packed_format.HEADER_KEY:
                                    np.frombuffer(b"[1]", np.uint8)},
                         r"not a JSON object"),
+      "class_names_not_strings": (header_with(class_names=[1] * 10),
+                                  r"class_names=\[1, 1.*a list of strings"),
+      "class_names_too_few": (header_with(class_names=["a", "b"]),
+                              r"class_names has 2 names for num_classes=10"),
       "stray_array": (lambda a: {**a, "weights": np.zeros(3)},
                       r"\['weights'\] are neither layers nor variables"),
       "variable_clash": (lambda a: {**a, "variables/params/conv1": np.ones(1)},

@@ -79,6 +79,10 @@ HEADER_FIELDS: dict[str, tuple[bool, Callable[[Any], bool], str]] = {
     "binary_layers": (False, lambda v: isinstance(v, list) and all(
         isinstance(n, str) for n in v), "a list of layer names"),
     "metadata": (False, lambda v: isinstance(v, dict), "a JSON object"),
+    # Each label's name (the training folder's classes); checked against
+    # num_classes in `check_header`.
+    "class_names": (False, lambda v: isinstance(v, list) and all(
+        isinstance(n, str) for n in v), "a list of strings"),
 }
 
 
@@ -159,6 +163,11 @@ def check_header(header: Any) -> None:
     elif not valid(header[field]):
       raise PackedFormatError(
           f"the header's {field}={header[field]!r}; it must be {what}")
+  names = header.get("class_names")
+  if names is not None and len(names) != header["num_classes"]:
+    raise PackedFormatError(
+        f"the header's class_names has {len(names)} names for num_classes="
+        f"{header['num_classes']}; it must have one name per class")
 
 
 def _check_entry(name: str, entry: Mapping[str, Any], m: Optional[Module],
