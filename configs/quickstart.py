@@ -14,8 +14,8 @@ Why Adam: a binary network's accuracy after a short run swings with every
 change in float rounding (another CPU, another device count). With the CIFAR
 recipe's SGD at 0.1, 20 epochs of this data ended anywhere from 65% to 81%
 across machines and device counts; AGS and SAD in front of Adam at 0.02
-(per-step warmup and cosine) ended at 95-97% on every seed and device count
-of the sweep. Adam normalises each weight's step, which largely undoes AGS's
+(per-step warmup and cosine), 30 epochs, ended at 95.6-97.6% on every seed
+and device count of the sweep. Adam normalises each weight's step, which largely undoes AGS's
 per-channel scaling (it still acts through Adam's moments); the CIFAR and
 ImageNet recipes keep the paper's SGD.
 """
@@ -24,13 +24,13 @@ from configs import default
 
 
 def get_config():
-  """20 epochs of batch 128 (220 steps), AGS + SAD + Adam."""
+  """30 epochs of batch 128 (330 steps), AGS + SAD + Adam."""
   config = default.get_config()
   config.model = "cresnet20_1w1a"
   config.dataset = "digits"
   config.method = "ovsw+adam"
   config.batch_size = 128
-  config.num_epochs = 20
+  config.num_epochs = 30
   config.warmup_epochs = 1
   config.learning_rate = 0.02
   config.lr_schedule_granularity = "step"
