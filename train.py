@@ -113,7 +113,7 @@ def main(argv):
       raise
     _fail(str(e))
   # One machine-readable line for scripts (and README's figure check).
-  keys = ("step", "preempted", "eval_top1", "eval_top5", "eval_count",
+  keys = ("step", "preempted", "finished", "eval_top1", "eval_top5", "eval_count",
           "wall_time_s")
   print("RESULT " + json.dumps({k: float(result[k]) if k.startswith(
       ("eval_top", "wall")) else result[k] for k in keys if k in result}),

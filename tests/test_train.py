@@ -523,7 +523,8 @@ def test_non_finite_loss_stops_naming_the_step(tmp_path):
       tiny_config(num_train_steps=2, checkpoint_every_steps=2), workdir)
   # Resume with an absurd learning rate, saving after every finite step.
   config = tiny_config(num_train_steps=8, checkpoint_every_steps=1,
-                       log_every_steps=8, learning_rate=1e30)
+                       log_every_steps=8, learning_rate=1e30,
+                       allow_config_change=True)
   with pytest.raises(FloatingPointError) as info:
     loop.train_and_evaluate(config, workdir)
   message = str(info.value)
