@@ -3,7 +3,12 @@ the config guard (training/resume_guard.py) and a finished run's rerun."""
 
 import json
 import os
+import re
+import signal
+import subprocess
+import time
 
+import numpy as np
 import pytest
 
 from configs import default
@@ -15,7 +20,13 @@ from ovsw_jax.training import resume_guard
 from ovsw_jax.training import schedules
 from ovsw_jax.training import workdir as workdir_lib
 from test_train import _committed_steps
+from test_train import all_leaves
+from test_train import compile_cache  # pylint: disable=unused-import  (a fixture)
+from test_train import info_from_libraries
+from test_train import load_recipe
+from test_train import subprocess_env
 from test_train import tiny_config
+from test_train import train_cmd
 
 
 def _quickstart_like(**overrides):
@@ -175,3 +186,80 @@ def test_the_config_guard_and_a_finished_runs_rerun(tmp_path):
   # The same command without the flag: config.json holds the change now.
   longer.allow_config_change = False
   assert loop.train_and_evaluate(longer, workdir)["finished"]
+
+
+# The quickstart's recipe (digits) at a test's size: 10 steps an epoch, an
+# eval and a checkpoint after each, 20 steps.
+QUICK = {"model_options": {"stage_sizes": (1, 1, 1)}, "batch_size": 150,
+         "num_train_steps": 20, "warmup_epochs": 1, "eval_every_epochs": 1,
+         "checkpoint_every_steps": 0, "log_every_steps": 5,
+         "progress_bar": False, "prefetch": 0}
+
+
+def _kill_when(proc, ready, what):
+  """SIGKILLs ``proc`` as soon as ``ready()``; fails if it ends first."""
+  deadline = time.time() + 300
+  while not ready():
+    assert proc.poll() is None, f"the run ended before {what}"
+    assert time.time() < deadline, f"no {what} within 300 s"
+    time.sleep(0.01)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert proc.returncode == -signal.SIGKILL
+
+
+def test_quickstart_killed_between_evals_resumes_bitwise(tmp_path,
+                                                         compile_cache):
+  env = subprocess_env(compile_cache)
+  # One after the other: the later runs find the programs compiled.
+  straight = subprocess.run(train_cmd(tmp_path / "straight", QUICK),
+                            env=env, capture_output=True, text=True,
+                            timeout=300, check=False)
+  assert straight.returncode == 0, straight.stderr[-4000:]
+  workdir = tmp_path / "killed"
+  # 1. Killed between two evals, once a checkpoint is saved.
+  victim = subprocess.Popen(train_cmd(workdir, QUICK), env=env,
+                            stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+  _kill_when(victim, lambda: _committed_steps(workdir), "a checkpoint")
+  at_kill = _committed_steps(workdir)
+  assert max(at_kill) < 20
+  # 2. Resumed from its checkpoint, it ends as the straight run, bitwise.
+  resumed = subprocess.run(train_cmd(workdir, QUICK), env=env,
+                           capture_output=True, text=True, timeout=300,
+                           check=False)
+  assert resumed.returncode == 0, resumed.stderr[-4000:]
+  match = re.search(r"Resuming from the checkpoint at step (\d+)",
+                    resumed.stderr)
+  assert match and int(match.group(1)) in at_kill
+  assert info_from_libraries(resumed.stderr) == set()  # restore + saves
+  config = load_recipe("quickstart")
+  config.update(QUICK)
+  a, _ = loop.load_checkpoint(config, str(tmp_path / "straight"))
+  b, step = loop.load_checkpoint(config, str(workdir))
+  assert step == 20
+  for (path, x), (_, y) in zip(all_leaves(a), all_leaves(b)):
+    np.testing.assert_array_equal(x, y, err_msg=str(path))
+  # The metrics were rewound to the checkpoint: they read as one run.
+  records = metrics_io.read_metrics(str(workdir))
+  assert [(r["step"], r.get("train_loss"), r.get("eval_top1"))
+          for r in records] == [
+              (r["step"], r.get("train_loss"), r.get("eval_top1"))
+              for r in metrics_io.read_metrics(str(tmp_path / "straight"))]
+  # 3. The same command again: finished, exit 0, no second eval record.
+  again = subprocess.run(train_cmd(workdir, QUICK), env=env,
+                         capture_output=True, text=True, timeout=300,
+                         check=False)
+  assert again.returncode == 0, again.stderr[-4000:]
+  assert "is finished" in again.stderr
+  assert json.loads(again.stdout.split("RESULT ", 1)[1])["finished"]
+  assert metrics_io.read_metrics(str(workdir)) == records
+  # 4. A changed learning rate: one line, exit 1.
+  lr = config.learning_rate
+  changed = subprocess.run(
+      train_cmd(workdir, {**QUICK, "learning_rate": lr * 2}), env=env,
+      capture_output=True, text=True, timeout=300, check=False)
+  assert changed.returncode == 1
+  last = changed.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: ") and (
+      f"learning_rate {lr!r} -> {lr * 2!r}" in last), changed.stderr[-2000:]
