@@ -101,7 +101,11 @@ def export_checkpoint(workdir: str, out: str, *, checkpoint: str = "latest",
       the trainer).
 
   Returns:
-    ``{'out', 'bytes', 'float32_bytes', 'step', 'model', 'float_dtype'}``.
+    ``{'out', 'file_bytes', 'packed_weight_bytes', 'container_bytes',
+    'float32_bytes', 'step', 'model', 'float_dtype'}``: the file's size, the
+    bytes of the arrays it stores (what `ovsw_jax.summary` counts as packed
+    bytes), the rest of the file (its JSON header and .npz/.npy headers),
+    and the float32 size of the same variables.
 
   Raises:
     FileNotFoundError: no config.json (and no ``config``) or no checkpoint.
@@ -124,7 +128,9 @@ def export_checkpoint(workdir: str, out: str, *, checkpoint: str = "latest",
                 "dataset": config.dataset,
                 "workdir": os.fspath(workdir_lib.workdir_path(workdir))})
   size = format_lib.save(packed, out)
-  return {"out": out, "bytes": size,
+  weights = format_lib.array_bytes(packed)
+  return {"out": out, "file_bytes": size, "packed_weight_bytes": weights,
+          "container_bytes": size - weights,
           "float32_bytes": export_lib.float32_bytes(variables),
           "step": int(step), "model": config.model,
           "float_dtype": float_dtype}
