@@ -13,6 +13,7 @@ JAX_NUM_PROCESSES, JAX_PROCESS_ID environment variables), or
 """
 
 import json
+import logging as std_logging
 import sys
 
 from absl import app
@@ -114,9 +115,12 @@ def main(argv):
   from ovsw_jax.training import mesh  # pylint: disable=g-import-not-at-top
 
   if not FLAGS["verbosity"].present:
-    # The trainer's own INFO lines, but only orbax's warnings: a dozen INFO
-    # lines per checkpoint would bury them (--verbosity=0 shows them all).
+    # The trainer's own INFO lines, but only the libraries' warnings
+    # (--verbosity=0 shows them all): orbax logs a dozen INFO lines per
+    # checkpoint, JAX one per backend it probes and lacks ("Unable to
+    # initialize backend 'tpu'" on every machine without libtpu).
     checkpointing.quiet_orbax_logs()
+    std_logging.getLogger("jax").setLevel(std_logging.WARNING)
   mesh.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                               FLAGS.process_id, auto=FLAGS.distributed_auto)
   try:
