@@ -151,9 +151,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       writer = metrics_io.MetricsWriter(workdir, enabled=is_chief)
       return _evaluate_only(config, experiment, manager, mesh, run_eval,
                             writer)
-    latest = manager.latest_step()
-    changes = (resume_guard.check(config, workdir, latest)
-               if latest is not None else None)
+    changes = _guard_resume(config, workdir, manager)
     state, step = _initial_state(config, experiment, manager, mesh, workdir,
                                  changed=changes.guarded if changes else None)
     if step >= experiment.total_steps:
@@ -190,6 +188,15 @@ def _evaluate_only(config, experiment, manager, mesh, run_eval, writer):
                step, result["eval_top1"], result["eval_top5"],
                result["eval_loss"], result["eval_count"])
   return {"step": step, **result}
+
+
+def _guard_resume(config, workdir, manager
+                  ) -> Optional[resume_guard.ConfigChanges]:
+  """`resume_guard.check` when there is a checkpoint to resume; else None."""
+  latest = manager.latest_step()
+  if latest is None:
+    return None
+  return resume_guard.check(config, workdir, latest)
 
 
 def _finished_run(workdir: str, step: int, total: int
