@@ -46,6 +46,12 @@ RECIPES = ("cifar10_resnet20", "cifar10_resnet18", "cifar10_vggsmall",
 
 # A small run: synthetic 8x8 images, cResNet20 with one block per stage.
 TINY = {
+    # The defaults' recipe, which train.py's runs (configs/quickstart.py)
+    # and the in-process runs (default.get_config()) then share: a resume
+    # that mixes the two must not change a key that changes training.
+    "method": "ovsw",
+    "learning_rate": 0.1,
+    "lr_schedule_granularity": "epoch",
     "model": "cresnet20_1w1a",
     "model_options": {"stage_sizes": (1, 1, 1)},
     "dataset": "synthetic",
