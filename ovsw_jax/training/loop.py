@@ -151,10 +151,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       writer = metrics_io.MetricsWriter(workdir, enabled=is_chief)
       return _evaluate_only(config, experiment, manager, mesh, run_eval,
                             writer)
-    # As config.json records it (an image folder's resolved classes), so a
-    # rerun that leaves them implicit compares equal.
-    changes = _guard_resume(recorded_config(config, experiment.info),
-                            workdir, manager)
+    changes = _guard_resume(config, experiment.info, workdir, manager)
     state, step = _initial_state(config, experiment, manager, mesh, workdir,
                                  changed=changes.guarded if changes else None)
     if step >= experiment.total_steps:
@@ -209,13 +206,18 @@ def _evaluate_only(config, experiment, manager, mesh, run_eval, writer):
   return {"step": step, **result}
 
 
-def _guard_resume(config, workdir, manager
+def _guard_resume(config, info, workdir, manager
                   ) -> Optional[resume_guard.ConfigChanges]:
-  """`resume_guard.check` when there is a checkpoint to resume; else None."""
+  """`resume_guard.check` when there is a checkpoint to resume; else None.
+
+  The config is compared as config.json records it (`recorded_config`: an
+  image folder's resolved classes), so a rerun that leaves them implicit
+  compares equal.
+  """
   latest = manager.latest_step()
   if latest is None:
     return None
-  return resume_guard.check(config, workdir, latest)
+  return resume_guard.check(recorded_config(config, info), workdir, latest)
 
 
 def _finished_run(workdir: str, step: int, total: int
