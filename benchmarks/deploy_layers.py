@@ -19,11 +19,14 @@ import os
 import sys
 from typing import Any, Optional, Sequence
 
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
-os.environ["XLA_FLAGS"] = " ".join(
-    f for f in (os.environ.get("XLA_FLAGS", ""),
-                "--xla_cpu_multi_thread_eigen=false") if f)
-os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+if __name__ == "__main__":
+  # One thread, set before JAX starts; only when run as the command, so that
+  # importing this module (its --help test) leaves the importer's process be.
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  os.environ["XLA_FLAGS"] = " ".join(
+      f for f in (os.environ.get("XLA_FLAGS", ""),
+                  "--xla_cpu_multi_thread_eigen=false") if f)
+  os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax
@@ -53,7 +56,7 @@ def run(name: str, reps: int, image_size_imagenet: int) -> dict[str, Any]:
          **deploy_layers.layer_table(packed, shape, reps)}
   info = machine.machine_info()
   info.update(loadavg_start=list(load_start), loadavg_end=list(
-      os.getloadavg()), xla_flags=os.environ["XLA_FLAGS"],
+      os.getloadavg()), xla_flags=os.environ.get("XLA_FLAGS", ""),
               cpu_affinity=sorted(os.sched_getaffinity(0)),
               jax_devices=str(jax.devices()))
   out["machine"] = info

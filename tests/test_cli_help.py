@@ -47,7 +47,12 @@ def test_deploy_without_a_command_shows_the_commands_and_exits_2():
 
 @pytest.mark.parametrize("name", BENCHMARKS)
 def test_benchmark_help(name, capsys, monkeypatch):
+  flags, cpus = os.environ.get("XLA_FLAGS"), os.sched_getaffinity(0)
   module = importlib.import_module(f"benchmarks.{name}")
+  # Importing a benchmark sets nothing in the importer's process (a pinned
+  # core or single-thread flags would leak into every later test).
+  assert os.environ.get("XLA_FLAGS") == flags
+  assert os.sched_getaffinity(0) == cpus
   monkeypatch.setattr(sys, "argv", [f"{name}.py", "--help"])
   takes_argv = bool(inspect.signature(module.main).parameters)
   with pytest.raises(SystemExit) as done:

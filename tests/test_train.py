@@ -576,7 +576,12 @@ def recipe_runs(compile_cache):
             "moved": all(not np.array_equal(a, b) for a, b in zip(
                 jax.tree.leaves(initial),
                 jax.tree.leaves(jax.device_get(state.params)))),
-            "expected_lr": config.learning_rate / config.warmup_epochs,
+            # Both steps are in the first warmup epoch (4 steps of 2 of 8
+            # images): lr / W per epoch, or lr * (s + 1) / (W * 4) at the
+            # second step (s = 1) per step.
+            "expected_lr": config.learning_rate / config.warmup_epochs * (
+                1.0 if config.lr_schedule_granularity == "epoch"
+                else 2 / 4),
             "compute_dtype": jnp.dtype(exp.model.dtype).name,
             "state_dtypes": sorted({{x.dtype.name for x in jax.tree.leaves(
                 (state.params, state.batch_stats, state.opt_state))}}),
@@ -590,7 +595,6 @@ def recipe_runs(compile_cache):
 def test_recipe_builds_and_takes_two_steps(recipe_runs, name):
   run = recipe_runs[name]
   assert run["step"] == 2
-  # Both steps are in the first warmup epoch: lr * 1 / W.
   np.testing.assert_allclose(run["metrics"]["lr"], run["expected_lr"],
                              rtol=1e-6)
   assert np.isfinite(run["metrics"]["loss"])
