@@ -169,7 +169,7 @@ def _flat_labels(ev, eval_labels, all_classes, chosen, what) -> list[int]:
         'validation layout); pass dataset_options.eval_labels=<the devkit '
         'or a label file>, or sort it once: python -m ovsw_jax.data.'
         f'ilsvrc_val --val_dir={ev.root} --labels=<label file>')
-  labels = ilsvrc_val.read_labels(eval_labels, ev.files)
+  labels = ilsvrc_val.read_labels(eval_labels, ev.files, ev.root)
   full = ilsvrc_val.resolve(labels, ev.files, all_classes,
                             f'{what} ({eval_labels})')
   index = {c: i for i, c in enumerate(chosen)}

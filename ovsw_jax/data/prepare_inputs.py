@@ -177,7 +177,8 @@ def _val_examples(val_tar: str, val_labels: str | None,
     members = [m for m in _members(f) if image_files.is_image_name(m[0])]
   names = sorted(posixpath.basename(n) for n, _, _ in members)
   where = {posixpath.basename(n): (o, s) for n, o, s in members}
-  labels = ilsvrc_val.resolve(ilsvrc_val.read_labels(val_labels, names),
-                              names, classes, f'{val_tar} ({val_labels})')
+  labels = ilsvrc_val.resolve(
+      ilsvrc_val.read_labels(val_labels, names, val_tar), names, classes,
+      f'{val_tar} ({val_labels})')
   return [Example(l, n, Locator(val_tar, *where[n]))
           for l, n in sorted(zip(labels, names))]
