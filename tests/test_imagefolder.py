@@ -221,3 +221,20 @@ def test_flat_ilsvrc_val_read_directly(folder, tmp_path):
   assert sorted(zip(la, (x.tobytes() for x in a))) == sorted(
       zip(lb, (x.tobytes() for x in b)))
   assert list(la) == sorted(la)
+
+
+def test_flat_images_beside_class_folders_are_an_unfinished_sort(
+    folder, tmp_path, caplog):
+  d = _copy(folder, tmp_path)
+  val = os.path.join(d, "val")
+  # What --mode=copy leaves: each flat image is also in its class folder.
+  shutil.copy(os.path.join(val, "dog", "dog_0000.bmp"), val)
+  with caplog.at_level(logging.WARNING):
+    assert _source(d).info.num_eval == 6
+  assert "ignored 1 flat images beside the class folders" in caplog.text
+  # An interrupted sort's leftover: in no class folder.
+  os.replace(os.path.join(val, "cat", "cat_0001.JPEG"),
+             os.path.join(val, "cat_0001.JPEG"))
+  msg = _one_line_error(ValueError, "leftover flat images", d)
+  assert os.path.join(val, "cat_0001.JPEG") in msg
+  assert f"python -m ovsw_jax.data.ilsvrc_val --val_dir={val}" in msg

@@ -220,3 +220,12 @@ def test_corrupt_image_stops_prepare_or_is_skipped(inputs, tmp_path, capsys):
   assert prepare.main(args + ["--skip_corrupt"]) == 0
   info = json.load(open(tmp_path / "out" / image_records.INFO_FILE))  # pylint: disable=consider-using-with
   assert info["splits"]["train"]["class_counts"] == [4, 4, 3]
+
+
+def test_input_arguments_say_what_was_given(inputs, tmp_path):
+  with pytest.raises(ValueError, match="neither was given"):
+    prepare.prepare(str(tmp_path))
+  with pytest.raises(ValueError, match=f"both --data_dir={inputs['folder']} "
+                     f"and --train_tar={inputs['train_tar']} were given"):
+    prepare.prepare(str(tmp_path), data_dir=inputs["folder"],
+                    train_tar=inputs["train_tar"])

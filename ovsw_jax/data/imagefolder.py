@@ -91,6 +91,11 @@ def _report(what: str, listing: folder_listing.SplitListing,
                     'folders, e.g. %s.', what, listing.non_images,
                     folder_listing.join(listing.root,
                                         listing.non_image_example))
+  if listing.loose_images:
+    logging.warning('%s: ignored %d flat images beside the class folders of '
+                    '%s (each is also in its class folder, as ilsvrc_val '
+                    '--mode=copy leaves them).', what, listing.loose_images,
+                    listing.root)
   if corrupt:
     first = min(corrupt)
     logging.warning('%s: skipped %d corrupt images (skip_corrupt=True), e.g. '

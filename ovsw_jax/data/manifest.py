@@ -38,7 +38,7 @@ from ovsw_jax.data import image_files
 from ovsw_jax.data.folder_listing import SplitListing
 
 FORMAT = 'ovsw_jax.imagefolder_manifest'
-VERSION = 1
+VERSION = 2  # 2: listings count images beside the class folders
 CHECKS = ('auto', 'full')
 _SAMPLES = 64
 

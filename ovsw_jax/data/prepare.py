@@ -146,8 +146,10 @@ def prepare(out: str, *, data_dir: str | None = None,
     image_files.CorruptImageError: a corrupt image, unless skip_corrupt.
   """
   if bool(data_dir) == bool(train_tar):
+    given = (f'both --data_dir={data_dir} and --train_tar={train_tar} were '
+             'given' if data_dir else 'neither was given')
     raise ValueError('pass either --data_dir (an image folder) or '
-                     '--train_tar (ILSVRC2012_img_train.tar)')
+                     f'--train_tar (ILSVRC2012_img_train.tar): {given}')
   if examples_per_shard < 1:
     raise ValueError(f'--examples_per_shard={examples_per_shard} must be '
                      '>= 1')
