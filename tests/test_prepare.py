@@ -220,6 +220,9 @@ def test_corrupt_image_stops_prepare_or_is_skipped(inputs, tmp_path, capsys):
   assert prepare.main(args + ["--skip_corrupt"]) == 0
   info = json.load(open(tmp_path / "out" / image_records.INFO_FILE))  # pylint: disable=consider-using-with
   assert info["splits"]["train"]["class_counts"] == [4, 4, 3]
+  skipped = info["splits"]["train"]["skipped_corrupt"]
+  assert list(skipped) == ["fish/fish_0002.JPEG"], skipped
+  assert "Truncated" in skipped["fish/fish_0002.JPEG"]
 
 
 def test_input_arguments_say_what_was_given(inputs, tmp_path):

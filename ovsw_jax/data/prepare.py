@@ -166,7 +166,7 @@ def prepare(out: str, *, data_dir: str | None = None,
     if data_dir:
       plan = prepare_inputs.folder_plan(
           data_dir, train_split=train_split, eval_split=eval_split,
-          eval_labels=val_labels, skip_corrupt=skip_corrupt)
+          eval_labels=val_labels)
     else:
       plan = prepare_inputs.tar_plan(train_tar, val_tar, val_labels,
                                      map_fn=pool.map)

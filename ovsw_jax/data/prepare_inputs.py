@@ -62,13 +62,16 @@ def read_bytes(where: Locator) -> bytes:
 
 def folder_plan(data_dir: str, *, train_split: str = 'train',
                 eval_split: str = 'val', eval_labels: str | None = None,
-                classes: Sequence[str] | None = None,
-                skip_corrupt: bool = False) -> Plan:
-  """An image folder's plan (its listing checks apply: `imagefolder`)."""
+                classes: Sequence[str] | None = None) -> Plan:
+  """An image folder's plan (its listing checks apply: `imagefolder`).
+
+  Every image is planned, corrupt or not: the shard writer decodes each
+  once and skips (and records) the corrupt ones (`record_shards`).
+  """
   ex = imagefolder.examples(
       data_dir, train_split, eval_split,
       tuple(classes) if classes is not None else None, eval_labels,
-      bool(skip_corrupt), None, 'auto')
+      False, None, 'auto')
   splits = {}
   for name, s in ((TRAIN, ex.train), (EVAL, ex.eval)):
     splits[name] = [Example(int(l), f, Locator(folder_listing.join(s.root, f)))
