@@ -223,6 +223,36 @@ def test_corrupt_image_stops_prepare_or_is_skipped(inputs, tmp_path, capsys):
   skipped = info["splits"]["train"]["skipped_corrupt"]
   assert list(skipped) == ["fish/fish_0002.JPEG"], skipped
   assert "Truncated" in skipped["fish/fish_0002.JPEG"]
+  # Rerun without --skip_corrupt: the shard that skipped it is not reused.
+  assert prepare.main(args) == 1
+  assert bad in capsys.readouterr().err
+
+
+def test_a_file_replaced_in_place_is_written_again(inputs, tmp_path, capsys):
+  src = str(tmp_path / "src")
+  shutil.copytree(inputs["folder"], src,
+                  ignore=shutil.ignore_patterns(".ovsw_jax"))
+  out = str(tmp_path / "out")
+  prepare.prepare(out, data_dir=src, examples_per_shard=PER_SHARD,
+                  processes=1)
+  before = _files(out)
+  # Overwritten where it is (its folder's time does not change), with
+  # another image of another size.
+  changed = os.path.join(src, "train", "cat", "cat_0000.JPEG")
+  new = folder_data.images("val")[2][2]
+  assert len(new) != os.path.getsize(changed)
+  with open(changed, "wb") as f:
+    f.write(new)
+  capsys.readouterr()
+  prepare.prepare(out, data_dir=src, examples_per_shard=PER_SHARD,
+                  processes=1)
+  assert "4 of 5 shards already written; writing 1" in capsys.readouterr().out
+  after = _files(out)
+  assert [k for k in after if after[k] != before[k]] == [
+      "train-00000-of-00003.array_record"]
+  values, _, _ = data.get_source("image_records", out).encoded(
+      "train", np.arange(1))
+  assert values == [new]
 
 
 def test_input_arguments_say_what_was_given(inputs, tmp_path):

@@ -47,6 +47,7 @@ class Split(NamedTuple):
   root: str
   files: tuple[str, ...]   # relative to root
   labels: np.ndarray       # int32
+  sizes: tuple[int, ...]   # bytes, as listed
 
 
 class Examples(NamedTuple):
@@ -107,10 +108,12 @@ def _keep(listing, corrupt, labels: Sequence[int]) -> Split:
   """The listing's images with a label (>= 0) and not corrupt, ordered by
   (label, path): ImageFolder's order."""
   bad = corrupt or {}
-  kept = sorted((int(l), f) for f, l in zip(listing.files, labels)
+  kept = sorted((int(l), f, n) for f, l, n in zip(listing.files, labels,
+                                                  listing.sizes)
                 if l >= 0 and f not in bad)
-  return Split(listing.root, tuple(f for _, f in kept),
-               np.asarray([l for l, _ in kept], np.int32))
+  return Split(listing.root, tuple(f for _, f, _ in kept),
+               np.asarray([l for l, _, _ in kept], np.int32),
+               tuple(n for _, _, n in kept))
 
 
 def _class_labels(listing, classes: Sequence[str], what: str) -> list[int]:
@@ -125,12 +128,11 @@ def _class_labels(listing, classes: Sequence[str], what: str) -> list[int]:
   return [index.get(listing.classes[c], -1) for c in listing.class_index]
 
 
-@functools.lru_cache(maxsize=8)
-def examples(data_dir: str, train_split: str, eval_split: str,
-             classes: tuple[str, ...] | None, eval_labels: str | None,
-             skip_corrupt: bool, manifest_dir: str | None,
-             manifest_check: str) -> Examples:
-  """Both splits' files and labels (cached per process)."""
+def read_examples(data_dir: str, train_split: str, eval_split: str,
+                  classes: tuple[str, ...] | None, eval_labels: str | None,
+                  skip_corrupt: bool, manifest_dir: str | None,
+                  manifest_check: str) -> Examples:
+  """Both splits' files and labels, read now (`examples` caches them)."""
   _check_dirs(data_dir, (train_split, eval_split))
   verify = read_file if skip_corrupt else None
   load = functools.partial(manifest.load_listing, data_dir,
@@ -165,6 +167,10 @@ def examples(data_dir: str, train_split: str, eval_split: str,
   _report(ev_what, ev, ev_bad)
   return Examples(chosen, _keep(train, train_bad, tr_labels),
                   _keep(ev, ev_bad, ev_labels))
+
+
+# Both splits' files and labels, cached per process.
+examples = functools.lru_cache(maxsize=8)(read_examples)
 
 
 def _flat_labels(ev, eval_labels, all_classes, chosen, what) -> list[int]:

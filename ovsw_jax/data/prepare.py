@@ -63,8 +63,7 @@ def _write_all(out: str, tasks: dict[str, list[tuple[str, list]]],
   for shards in tasks.values():
     for name, examples in shards:
       m = record_shards.read_marker(out, name)
-      if m is not None and m['fingerprint'] == record_shards.fingerprint(
-          examples):
+      if record_shards.is_current(m, examples, skip_corrupt):
         markers[name] = m
       else:
         todo.append((name, examples))
