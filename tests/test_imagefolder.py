@@ -12,6 +12,8 @@ import pytest
 
 from ovsw_jax import data
 from ovsw_jax.data import augment
+from ovsw_jax.data import crop_checks
+from ovsw_jax.data import image_files
 from ovsw_jax.data import imagefolder
 from ovsw_jax.data import manifest
 from ovsw_jax.data import DataNotFoundError
@@ -238,3 +240,25 @@ def test_flat_images_beside_class_folders_are_an_unfinished_sort(
   msg = _one_line_error(ValueError, "leftover flat images", d)
   assert os.path.join(val, "cat_0001.JPEG") in msg
   assert f"python -m ovsw_jax.data.ilsvrc_val --val_dir={val}" in msg
+
+
+def test_an_image_over_the_pixel_limit_says_so_or_is_skipped(
+    folder, tmp_path, monkeypatch):
+  d = _copy(folder, tmp_path)
+  big = os.path.join(d, "train", "dog", "dog_0003.JPEG")
+  # 60,000 pixels; the others have at most 64 x 64.
+  Image.fromarray(np.full((200, 300, 3), 90, np.uint8)).save(big, "JPEG")
+  monkeypatch.setenv(crop_checks.MAX_IMAGE_PIXELS_ENV, "10000")
+  source = _source(d)
+  k = source._examples().train.files.index("dog/dog_0003.JPEG")  # pylint: disable=protected-access
+  with pytest.raises(crop_checks.ImageTooLargeError) as e:
+    source.train_examples(np.array([k]), seed=0, epoch=0)
+  assert not isinstance(e.value, image_files.CorruptImageError)
+  assert big in str(e.value) and "OVSW_MAX_IMAGE_PIXELS" in str(e.value)
+  assert "\n" not in str(e.value)
+  # skip_corrupt's pass over the images applies the decoder's limit...
+  assert _source(d, skip_corrupt=True).info.num_train == 11
+  # ...as it is now: a new limit redoes the cached verdicts.
+  monkeypatch.setenv(crop_checks.MAX_IMAGE_PIXELS_ENV, "100000")
+  assert _source(d, skip_corrupt=True).info.num_train == 12
+

@@ -9,7 +9,8 @@ become RGB (as torchvision's loader's ``convert('RGB')``).
 
 A file whose bytes do not decode raises `image_files.CorruptImageError`
 naming it (a truncated JPEG included, which libjpeg would quietly fill with
-grey: `image_files.check_image`).
+grey: `image_files.check_image`); one over the pixel limit raises
+`crop_checks.ImageTooLargeError` naming it and the limit's setting.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import dataclasses
 
 import numpy as np
 
+from ovsw_jax.data import crop_checks
 from ovsw_jax.data import image_files
 from ovsw_jax.data import imagenet_transform
 from ovsw_jax.data import jpeg
@@ -67,6 +69,11 @@ class EncodedImageSource:
       try:
         return jpeg.decode_crop_resize(values[k], box_fn, out_hw,
                                        self.decoder)
+      except crop_checks.ImageTooLargeError as e:
+        # Not corrupt: its own advice (the pixel limit), and the file.
+        raise crop_checks.ImageTooLargeError(
+            f'{names[k]}: {e}; or set {self.corrupt_option}=True to skip '
+            'such images') from e
       except (OSError, ValueError, SyntaxError) as e:
         raise image_files.CorruptImageError(image_files.corrupt_message(
             names[k], f'{type(e).__name__}: {e}', self.corrupt_option)) from e
