@@ -262,3 +262,26 @@ def test_an_image_over_the_pixel_limit_says_so_or_is_skipped(
   monkeypatch.setenv(crop_checks.MAX_IMAGE_PIXELS_ENV, "100000")
   assert _source(d, skip_corrupt=True).info.num_train == 12
 
+
+def test_a_png_is_decoded_once_and_a_truncated_one_refused(
+    folder, tmp_path, monkeypatch):
+  source = _source(folder)
+  files = source._examples().train.files  # pylint: disable=protected-access
+  pngs = np.array([k for k, f in enumerate(files) if f.endswith(".png")])
+  assert len(pngs) == 2
+  opened, real_open = [], Image.open
+  monkeypatch.setattr(Image, "open",
+                      lambda *a, **k: opened.append(1) or real_open(*a, **k))
+  source.train_examples(pngs, seed=0, epoch=0)
+  assert len(opened) == len(pngs)  # no decode before the decode
+  monkeypatch.undo()
+  d = _copy(folder, tmp_path)
+  bad = os.path.join(d, "train", "fish", "fish_0000.png")
+  with open(bad, "r+b") as f:
+    f.truncate(os.path.getsize(bad) // 2)
+  source = _source(d)
+  k = source._examples().train.files.index("fish/fish_0000.png")  # pylint: disable=protected-access
+  with pytest.raises(image_files.CorruptImageError) as e:
+    source.train_examples(np.array([k]), seed=0, epoch=0)
+  assert bad in str(e.value) and "skip_corrupt=True" in str(e.value)
+  assert "\n" not in str(e.value)

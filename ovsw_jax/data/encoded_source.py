@@ -9,7 +9,8 @@ become RGB (as torchvision's loader's ``convert('RGB')``).
 
 A file whose bytes do not decode raises `image_files.CorruptImageError`
 naming it (a truncated JPEG included, which libjpeg would quietly fill with
-grey: `image_files.check_image`); one over the pixel limit raises
+grey: `image_files.check_image`; other formats are decoded once, by PIL,
+which refuses truncated data); one over the pixel limit raises
 `crop_checks.ImageTooLargeError` naming it and the limit's setting.
 """
 
