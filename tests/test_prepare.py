@@ -262,3 +262,29 @@ def test_input_arguments_say_what_was_given(inputs, tmp_path):
                      f"and --train_tar={inputs['train_tar']} were given"):
     prepare.prepare(str(tmp_path), data_dir=inputs["folder"],
                     train_tar=inputs["train_tar"])
+
+
+def test_a_damaged_record_is_named_with_its_shard(prepared):
+  out, _ = prepared
+  source = data.get_source("image_records", out, image_size=SIZE)
+  where = source.record_where("train", 7)
+  assert where == (f"{os.path.join(out, 'train-00001-of-00003.array_record')}"
+                   " record 2")
+  good = image_records.encode_record(1, "dog/x.JPEG", b"\xff\xd8\xff")
+  assert image_records.decode_record(good, where) == (1, "dog/x.JPEG",
+                                                      b"\xff\xd8\xff")
+  head = good[:10]
+  for bad in (good[:5], head[:8] + b"\x40\x00" + b"ab",
+              head[:8] + b"\x02\x00" + b"\xc3(", b"JPEG" + good[4:]):
+    with pytest.raises(ValueError) as e:
+      image_records.decode_record(bad, where)
+    msg = str(e.value)
+    assert msg.startswith(where) and "\n" not in msg, msg
+    assert "python -m ovsw_jax.data.prepare" in msg, msg
+
+
+def test_a_name_too_long_for_a_record_is_cut_between_characters():
+  name = "é" * 40000  # 80,000 bytes of UTF-8
+  _, got, data_ = image_records.decode_record(
+      image_records.encode_record(0, name, b"img"))
+  assert got == "é" * 32767 and data_ == b"img"
