@@ -30,9 +30,6 @@ import argparse
 import functools
 import json
 import os
-from pathlib import Path
-import subprocess
-import sys
 import tempfile
 import time
 from typing import Any, Callable
@@ -42,12 +39,12 @@ import numpy as np
 from benchmarks import input_pipeline
 from benchmarks.lib import jpeg_dataset
 from benchmarks.lib import machine
+from benchmarks.lib import per_core
 from benchmarks.lib import results
 from ovsw_jax import data
 from ovsw_jax.data import prepare
 
 SIZE = input_pipeline.SIZE
-_ROOT = str(Path(__file__).resolve().parents[1])
 NUM_CLASSES = 10
 
 
@@ -109,23 +106,14 @@ def _arms(dirs: dict[str, str], batch: int
 def per_core_worker(dirs: dict[str, str], batch: int, steps: int,
                     rounds: int) -> dict[str, Any]:
   """Every arm alone, `rounds` times, in this (pinned) process."""
-  return input_pipeline.time_rounds(_arms(dirs, batch), batch, steps, rounds)
+  return per_core.time_rounds(_arms(dirs, batch), batch, steps, rounds)
 
 
 def _pinned(dirs: dict[str, str], batch: int, steps: int,
             rounds: int) -> dict[str, Any]:
-  env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3')
-  env['PYTHONPATH'] = os.pathsep.join(
-      p for p in (_ROOT, env.get('PYTHONPATH', '')) if p)
-  cmd = [sys.executable, '-m', 'benchmarks.image_sources',
-         f'--_worker={json.dumps(dirs)}', f'--batch={batch}',
-         f'--_steps={steps}', f'--rounds={rounds}',
-         f'--_pin_cpu={min(os.sched_getaffinity(0))}']
-  proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True,
-                        check=False)
-  if proc.returncode != 0:
-    raise RuntimeError(f'the pinned worker failed (exit {proc.returncode})')
-  return json.loads(proc.stdout.strip().splitlines()[-1])
+  return per_core.run_pinned('benchmarks.image_sources', [
+      f'--_worker={json.dumps(dirs)}', f'--batch={batch}',
+      f'--_steps={steps}', f'--rounds={rounds}'])
 
 
 def run(num_images: int, num_eval: int, batch: int, rounds: int,
@@ -175,19 +163,11 @@ def plot(result: dict[str, Any], path: str) -> None:
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  names = list(result['arms'])
-  vals = [result['arms'][n]['images_per_cpu_s'] for n in names]
-  fig, ax = plt.subplots(figsize=(7, 0.45 * len(names) + 1.4))
-  y = np.arange(len(names))
-  bars = ax.barh(y, vals, 0.6, color=[
-      'tab:orange' if n.startswith('tfdata') else
-      'tab:gray' if n.startswith('tfds') else 'tab:blue' for n in names])
-  ax.bar_label(bars, [f'{v:.0f}' for v in vals], fontsize=8)
-  ax.set_yticks(y, names)
-  ax.invert_yaxis()
-  ax.set_xlabel('images per core-second')
-  ax.set_title(f"one core (pinned), {result['settings']['num_images']} "
-               f"JPEGs -> {SIZE}px, {result['machine']['cpu_model']}")
+  fig, ax = plt.subplots(figsize=(7, 0.45 * len(result['arms']) + 1.4))
+  per_core.bar_chart(
+      ax, result['arms'],
+      f"one core (pinned), {result['settings']['num_images']} JPEGs -> "
+      f"{SIZE}px, {result['machine']['cpu_model']}")
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
@@ -195,24 +175,12 @@ def plot(result: dict[str, Any], path: str) -> None:
 
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--num_images', type=int, default=2000)
-  parser.add_argument('--num_eval', type=int, default=500)
-  parser.add_argument('--batch', type=int, default=32)
-  parser.add_argument('--rounds', type=int, default=4)
+  per_core.add_options(parser)
   parser.add_argument('--work_dir', default=None)
-  parser.add_argument('--out', default=None)
-  parser.add_argument('--plot', default=None, help='PNG path')
-  parser.add_argument('--plot_only', default=None,
-                      help='plot this JSON result and exit')
   parser.add_argument('--_worker', default=None, help=argparse.SUPPRESS)
-  parser.add_argument('--_steps', type=int, default=None,
-                      help=argparse.SUPPRESS)
-  parser.add_argument('--_pin_cpu', type=int, default=None,
-                      help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
+  per_core.pin(args)
   hidden = vars(args)  # The hidden options' names start with '_'.
-  if hidden['_pin_cpu'] is not None:
-    os.sched_setaffinity(0, {hidden['_pin_cpu']})  # before TF or JAX start
   if args.plot_only:
     with open(args.plot_only) as f:
       plot(json.load(f), args.plot)
