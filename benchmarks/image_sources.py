@@ -16,8 +16,9 @@ Ours: native decoder, uint8 out (normalised on the device), batches built
 on demand in the calling thread; train = random resized crop + flip, eval =
 resize 256 + center crop 224. A worker process pinned to one core runs each
 arm alone for ``--rounds`` rounds (odd rounds in reverse order): 2 untimed
-batches, then every batch of the round timed; images/s per core-second is
-what one core of a host feeds::
+batches, then every batch of the round timed; images per core-second is
+what one core of a host feeds. Ratios are of images per core-second, over
+all batches and round by round (``*_by_round``)::
 
   python -m benchmarks.image_sources \\
       --out benchmarks/results/image_sources.json \\
@@ -30,6 +31,7 @@ import argparse
 import functools
 import json
 import os
+import sys
 import tempfile
 import time
 from typing import Any, Callable
@@ -143,9 +145,10 @@ def run(num_images: int, num_eval: int, batch: int, rounds: int,
         if a and b and ours != ref:
           ratios[f'{split}_{ours}_vs_{ref}'] = (a['images_per_cpu_s'] /
                                                 b['images_per_cpu_s'])
+          # Each round's, in the same unit (the arms ran in turn).
           ratios[f'{split}_{ours}_vs_{ref}_by_round'] = [
-              x / y for x, y in zip(a['images_per_s_by_round'],
-                                    b['images_per_s_by_round'])]
+              x / y for x, y in zip(a['images_per_cpu_s_by_round'],
+                                    b['images_per_cpu_s_by_round'])]
   return {'benchmark': 'image_sources',
           'settings': {'num_images': num_images, 'num_eval': num_eval,
                        'batch': batch, 'image_size': SIZE, 'rounds': rounds,
@@ -153,7 +156,10 @@ def run(num_images: int, num_eval: int, batch: int, rounds: int,
                        'generate_s': gen_s, 'prepare_s': prepare_s,
                        'decoder': 'native', 'out': 'uint8'},
           'tensorflow': 'tfdata_train' in arms, 'arms': arms,
-          'ratios': ratios, 'load_1min': pinned['load_1min'],
+          'ratios': ratios,
+          'ratios_unit': 'images per CPU-second: over all batches, and '
+                         'round by round (_by_round)',
+          'load_1min': pinned['load_1min'],
           'per_core_cpu_affinity': pinned['cpu_affinity'],
           'machine': machine.machine_info()}
 
@@ -190,8 +196,12 @@ def main(argv=None) -> None:
                                      args.batch, hidden['_steps'],
                                      args.rounds)))
     return
+  commit = machine.git_commit()
   result = run(args.num_images, args.num_eval, args.batch, args.rounds,
                args.work_dir)
+  result = {'command': machine.command_line(
+      'benchmarks.image_sources', sys.argv[1:] if argv is None else argv),
+            'git_commit': commit, **result}
   results.write_json(result, args.out)
   if args.plot:
     plot(result, args.plot)

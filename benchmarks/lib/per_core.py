@@ -7,7 +7,8 @@ Each arm is built fresh and timed alone, ``rounds`` times (odd rounds in
 reverse order, so a drift in the machine's speed hits every arm alike):
 2 untimed batches, then ``steps`` batches back to back. Pinned to one core,
 an arm's images/s divided by its CPU utilisation (<= 1) is images per
-core-second (``images_per_cpu_s``), the unit the benchmarks compare in.
+core-second (``images_per_cpu_s``), the unit the benchmarks compare in;
+each round's figure in that unit is ``images_per_cpu_s_by_round``.
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ def time_rounds(arms: dict[str, Arm], batch: int, steps: int,
   Returns:
     ``{'arms': {name: figures}, 'load_1min', 'cpu_affinity'}``; an arm's
     figures: images_per_s and images_per_cpu_s (over all its batches),
-    and per round images_per_s_by_round.
+    and per round images_per_s_by_round and images_per_cpu_s_by_round.
   """
   pooled = {name: {'times': [], 'cpu': [], 'rounds': []} for name in arms}
   load = []
@@ -114,7 +115,10 @@ def time_rounds(arms: dict[str, Arm], batch: int, steps: int,
                  'batch_s_median': med, 'cpu_utilization': util,
                  'timed_batches': len(p['times']),
                  # Each round's figures: the spread across the run.
-                 'images_per_s_by_round': p['rounds']}
+                 'images_per_s_by_round': p['rounds'],
+                 'images_per_cpu_s_by_round': [
+                     r / max(u, 1e-9) for r, u in zip(p['rounds'],
+                                                      p['cpu'])]}
   return {'arms': out, 'load_1min': load,
           'cpu_affinity': sorted(os.sched_getaffinity(0))}
 
