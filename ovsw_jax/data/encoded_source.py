@@ -17,6 +17,7 @@ which refuses truncated data); one over the pixel limit raises
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -25,6 +26,7 @@ from ovsw_jax.data import image_files
 from ovsw_jax.data import imagenet_transform
 from ovsw_jax.data import jpeg
 from ovsw_jax.data.source import DatasetInfo
+from ovsw_jax.data.source import check_channels
 
 TRAIN, EVAL = 'train', 'eval'
 IMAGENET_MEAN = imagenet_transform.IMAGENET_MEAN
@@ -55,6 +57,39 @@ class EncodedImageSource:
   # Batches are decode-bound: `pipeline.default_num_threads` gives them a
   # thread per core (the decoders release the GIL).
   decode_bound = True
+
+  @classmethod
+  def create(cls, name: str, size: tuple[int, int],
+             class_names: Sequence[str], num_train: int, num_eval: int, *,
+             mean: Sequence[float], std: Sequence[float], augment: bool,
+             min_scale: float, lighting: float, decoder: str,
+             device_normalize: bool,
+             **fields: Any) -> 'EncodedImageSource':
+    """A source of `size` RGB images with these classes and counts.
+
+    Args:
+      name: the dataset's name, for the info and messages.
+      size: the output (height, width), as `tfds_options.output_size`
+        checks it.
+      class_names: the class names, in label order.
+      num_train, num_eval: the splits' example counts.
+      mean, std: per-channel statistics (one value or three).
+      augment, min_scale, lighting, decoder, device_normalize: as the
+        attributes (decoder resolved: `tfds_options.check_image_options`).
+      **fields: the subclass's own fields.
+
+    Raises:
+      ValueError: mean or std without one value or three.
+    """
+    info = DatasetInfo(
+        name=name, num_classes=len(class_names), image_shape=(*size, 3),
+        num_train=int(num_train), num_eval=int(num_eval),
+        mean=check_channels(name, mean, 3, 'mean'),
+        std=check_channels(name, std, 3, 'std'),
+        class_names=tuple(class_names))
+    return cls(info=info, augment=bool(augment), min_scale=float(min_scale),
+               lighting=float(lighting), decoder=decoder,
+               device_normalize=bool(device_normalize), **fields)
 
   def encoded(self, split: str, indices: np.ndarray
               ) -> tuple[list[bytes], list[str], np.ndarray]:

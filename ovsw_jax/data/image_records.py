@@ -34,8 +34,7 @@ import numpy as np
 from ovsw_jax.data import encoded_source
 from ovsw_jax.data import folder_listing
 from ovsw_jax.data import tfds_options
-from ovsw_jax.data.source import DataNotFoundError, DatasetInfo
-from ovsw_jax.data.source import check_channels
+from ovsw_jax.data.source import DataNotFoundError
 
 NAME = 'image_records'
 FORMAT = 'ovsw_jax.image_records'
@@ -216,18 +215,12 @@ def make_source(data_dir: str | None = None, *,
                                              device_normalize, decoder)
   train = _split(info, train_split, data_dir)
   ev = _split(info, eval_split, data_dir)
-  classes = tuple(info['classes'])
-  ds_info = DatasetInfo(
-      name=NAME, num_classes=len(classes), image_shape=(*size, 3),
-      num_train=int(train['num_examples']), num_eval=int(ev['num_examples']),
-      mean=check_channels(NAME, mean, 3, 'mean'),
-      std=check_channels(NAME, std, 3, 'std'), class_names=classes)
   as_tuple = lambda s: tuple((d['file'], int(d['num_records']))
                              for d in s['shards'])
-  return ImageRecordsSource(
-      info=ds_info, augment=bool(augment), min_scale=float(min_scale),
-      lighting=float(lighting), decoder=decoder,
-      device_normalize=bool(device_normalize),
+  return ImageRecordsSource.create(
+      NAME, size, info['classes'], train['num_examples'], ev['num_examples'],
+      mean=mean, std=std, augment=augment, min_scale=min_scale,
+      lighting=lighting, decoder=decoder, device_normalize=device_normalize,
       corrupt_option='--skip_corrupt of ovsw_jax.data.prepare',
       data_dir=os.fspath(data_dir), train_shards=as_tuple(train),
       eval_shards=as_tuple(ev))

@@ -36,8 +36,7 @@ from ovsw_jax.data import folder_listing
 from ovsw_jax.data import ilsvrc_val
 from ovsw_jax.data import manifest
 from ovsw_jax.data import tfds_options
-from ovsw_jax.data.source import DataNotFoundError, DatasetInfo
-from ovsw_jax.data.source import check_channels
+from ovsw_jax.data.source import DataNotFoundError
 
 NAME = 'imagefolder'
 _LOCK = threading.Lock()
@@ -257,15 +256,11 @@ def make_source(data_dir: str | None = None, *,
   classes = tuple(classes) if classes is not None else None
   ex = examples(data_dir, train_split, eval_split, classes, eval_labels,
                 bool(skip_corrupt), manifest_dir, manifest_check)
-  info = DatasetInfo(
-      name=NAME, num_classes=len(ex.classes), image_shape=(*size, 3),
-      num_train=len(ex.train.files), num_eval=len(ex.eval.files),
-      mean=check_channels(NAME, mean, 3, 'mean'),
-      std=check_channels(NAME, std, 3, 'std'), class_names=ex.classes)
-  return ImageFolderSource(
-      info=info, augment=bool(augment), min_scale=float(min_scale),
-      lighting=float(lighting), decoder=decoder,
-      device_normalize=bool(device_normalize), data_dir=data_dir,
-      train_split=train_split, eval_split=eval_split, classes=classes,
-      eval_labels=eval_labels, skip_corrupt=bool(skip_corrupt),
-      manifest_dir=manifest_dir, manifest_check=manifest_check)
+  return ImageFolderSource.create(
+      NAME, size, ex.classes, len(ex.train.files), len(ex.eval.files),
+      mean=mean, std=std, augment=augment, min_scale=min_scale,
+      lighting=lighting, decoder=decoder, device_normalize=device_normalize,
+      data_dir=data_dir, train_split=train_split, eval_split=eval_split,
+      classes=classes, eval_labels=eval_labels,
+      skip_corrupt=bool(skip_corrupt), manifest_dir=manifest_dir,
+      manifest_check=manifest_check)
