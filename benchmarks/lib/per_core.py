@@ -7,8 +7,11 @@ Each arm is built fresh and timed alone, ``rounds`` times (odd rounds in
 reverse order, so a drift in the machine's speed hits every arm alike):
 2 untimed batches, then ``steps`` batches back to back. Pinned to one core,
 an arm's images/s divided by its CPU utilisation (<= 1) is images per
-core-second (``images_per_cpu_s``), the unit the benchmarks compare in;
-each round's figure in that unit is ``images_per_cpu_s_by_round``.
+core-second, the unit the benchmarks compare in: ``images_per_cpu_s`` (from
+the median batch time and the mean utilisation), and exactly, as timed
+images over the CPU seconds they took, ``images_per_cpu_s_by_round`` (each
+round) and ``images_per_cpu_s_all_rounds`` (all of them: a weighted mean of
+the rounds', so it lies within their range).
 """
 
 from __future__ import annotations
@@ -84,7 +87,7 @@ def time_alone(make: Arm, steps: int, warmup: int = 2) -> dict[str, Any]:
   wall = time.perf_counter() - t0
   cpu = time.process_time() - c0
   del fn
-  return {'times': times, 'cpu_utilization': cpu / wall}
+  return {'times': times, 'cpu_utilization': cpu / wall, 'cpu_s': cpu}
 
 
 def time_rounds(arms: dict[str, Arm], batch: int, steps: int,
@@ -94,9 +97,11 @@ def time_rounds(arms: dict[str, Arm], batch: int, steps: int,
   Returns:
     ``{'arms': {name: figures}, 'load_1min', 'cpu_affinity'}``; an arm's
     figures: images_per_s and images_per_cpu_s (over all its batches),
-    and per round images_per_s_by_round and images_per_cpu_s_by_round.
+    per round images_per_s_by_round and images_per_cpu_s_by_round, and
+    images_per_cpu_s_all_rounds.
   """
-  pooled = {name: {'times': [], 'cpu': [], 'rounds': []} for name in arms}
+  pooled = {name: {'times': [], 'cpu': [], 'rounds': [], 'cpu_s': []}
+            for name in arms}
   load = []
   for r in range(rounds):
     order = list(arms.items())[::-1 if r % 2 else 1]
@@ -105,6 +110,7 @@ def time_rounds(arms: dict[str, Arm], batch: int, steps: int,
       o = time_alone(make, steps)
       pooled[name]['times'] += o['times']
       pooled[name]['cpu'].append(o['cpu_utilization'])
+      pooled[name]['cpu_s'].append(o['cpu_s'])
       pooled[name]['rounds'].append(batch / float(np.median(o['times'])))
   out = {}
   for name, p in pooled.items():
@@ -117,17 +123,19 @@ def time_rounds(arms: dict[str, Arm], batch: int, steps: int,
                  # Each round's figures: the spread across the run.
                  'images_per_s_by_round': p['rounds'],
                  'images_per_cpu_s_by_round': [
-                     r / max(u, 1e-9) for r, u in zip(p['rounds'],
-                                                      p['cpu'])]}
+                     batch * steps / max(c, 1e-9) for c in p['cpu_s']],
+                 'images_per_cpu_s_all_rounds': (
+                     batch * steps * rounds / max(sum(p['cpu_s']), 1e-9))}
   return {'arms': out, 'load_1min': load,
           'cpu_affinity': sorted(os.sched_getaffinity(0))}
 
 
-def bar_chart(ax, arms: dict[str, Any], title: str) -> None:
-  """Images per core-second of each arm, first at the top (tf.data's
-  orange, TFDS's grey, ours blue)."""
+def bar_chart(ax, arms: dict[str, Any], title: str,
+              key: str = 'images_per_cpu_s') -> None:
+  """Images per core-second (`key`) of each arm, first at the top
+  (tf.data's orange, TFDS's grey, ours blue)."""
   names = list(arms)
-  vals = [arms[n]['images_per_cpu_s'] for n in names]
+  vals = [arms[n][key] for n in names]
   y = np.arange(len(names))
   bars = ax.barh(y, vals, 0.6, color=[
       'tab:orange' if n.startswith('tfdata') else
