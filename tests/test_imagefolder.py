@@ -13,6 +13,7 @@ import pytest
 from ovsw_jax import data
 from ovsw_jax.data import augment
 from ovsw_jax.data import crop_checks
+from ovsw_jax.data import dataset_digest
 from ovsw_jax.data import image_files
 from ovsw_jax.data import imagefolder
 from ovsw_jax.data import manifest
@@ -285,3 +286,37 @@ def test_a_png_is_decoded_once_and_a_truncated_one_refused(
     source.train_examples(np.array([k]), seed=0, epoch=0)
   assert bad in str(e.value) and "skip_corrupt=True" in str(e.value)
   assert "\n" not in str(e.value)
+
+
+def test_every_process_must_see_the_same_examples(folder, tmp_path):
+  d = _copy(folder, tmp_path)
+  same = _source(d).info
+  assert same.digest == _source(folder).info.digest  # another path
+  source = _source(d)
+  os.remove(os.path.join(d, "train", "dog", "dog_0002.JPEG"))
+  fewer = _source(d).info
+  assert fewer.digest != same.digest and fewer.num_train == 11
+  # A grain worker process lists the folder again: it must find what the
+  # source was built on.
+  imagefolder.examples.cache_clear()
+  with pytest.raises(ValueError, match="the source was built on 12 train") \
+      as e:
+    source.train_examples(np.arange(2), seed=0, epoch=0)
+  assert "\n" not in str(e.value) and fewer.digest[:12] in str(e.value)
+  # Across hosts (here two stand-ins: the rows each would contribute).
+  rows = lambda *infos: lambda _: np.stack([
+      np.array([i.num_train, i.num_eval, *bytes.fromhex(i.digest)])
+      for i in infos])
+  with pytest.raises(ValueError) as e:
+    dataset_digest.check_processes_agree(same, 2, rows(same, fewer))
+  msg = str(e.value)
+  assert "process 0 12 train / 6 eval examples" in msg, msg
+  assert f"process 1 11 train / 6 eval examples, digest {fewer.digest[:12]}" \
+      in msg and "\n" not in msg
+  dataset_digest.check_processes_agree(same, 2, rows(same, same))
+  dataset_digest.check_processes_agree(fewer, 1, None)  # one process: no-op
+  # A checkpoint records it; a resume on other data is told what changed.
+  meta = {"step": 5, **dataset_digest.record(same)}
+  assert dataset_digest.change_since(meta, same) is None
+  msg = dataset_digest.change_since(meta, fewer)
+  assert "then 12 train / 6 eval examples" in msg and "now 11 train" in msg

@@ -63,7 +63,7 @@ class EncodedImageSource:
              class_names: Sequence[str], num_train: int, num_eval: int, *,
              mean: Sequence[float], std: Sequence[float], augment: bool,
              min_scale: float, lighting: float, decoder: str,
-             device_normalize: bool,
+             device_normalize: bool, digest: str | None = None,
              **fields: Any) -> 'EncodedImageSource':
     """A source of `size` RGB images with these classes and counts.
 
@@ -76,6 +76,7 @@ class EncodedImageSource:
       mean, std: per-channel statistics (one value or three).
       augment, min_scale, lighting, decoder, device_normalize: as the
         attributes (decoder resolved: `tfds_options.check_image_options`).
+      digest: which examples these are (`dataset_digest`).
       **fields: the subclass's own fields.
 
     Raises:
@@ -86,7 +87,7 @@ class EncodedImageSource:
         num_train=int(num_train), num_eval=int(num_eval),
         mean=check_channels(name, mean, 3, 'mean'),
         std=check_channels(name, std, 3, 'std'),
-        class_names=tuple(class_names))
+        class_names=tuple(class_names), digest=digest)
     return cls(info=info, augment=bool(augment), min_scale=float(min_scale),
                lighting=float(lighting), decoder=decoder,
                device_normalize=bool(device_normalize), **fields)

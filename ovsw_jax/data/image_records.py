@@ -31,6 +31,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ovsw_jax.data import dataset_digest
 from ovsw_jax.data import encoded_source
 from ovsw_jax.data import folder_listing
 from ovsw_jax.data import tfds_options
@@ -217,10 +218,14 @@ def make_source(data_dir: str | None = None, *,
   ev = _split(info, eval_split, data_dir)
   as_tuple = lambda s: tuple((d['file'], int(d['num_records']))
                              for d in s['shards'])
+  # The shards' contents stand for the examples (their sha256s).
+  digest = dataset_digest.listing_digest(info['classes'], [
+      ([f'{d["file"]} {d["sha256"]}' for d in s['shards']],
+       [d['num_records'] for d in s['shards']]) for s in (train, ev)])
   return ImageRecordsSource.create(
       NAME, size, info['classes'], train['num_examples'], ev['num_examples'],
       mean=mean, std=std, augment=augment, min_scale=min_scale,
       lighting=lighting, decoder=decoder, device_normalize=device_normalize,
       corrupt_option='--skip_corrupt of ovsw_jax.data.prepare',
       data_dir=os.fspath(data_dir), train_shards=as_tuple(train),
-      eval_shards=as_tuple(ev))
+      eval_shards=as_tuple(ev), digest=digest)

@@ -17,7 +17,8 @@ The file list of each split is cached as a manifest and checked on every use
 missing split folder, no images, an empty class folder, train and eval
 splits with different classes, a corrupt image (or, with ``skip_corrupt``,
 corrupt images are found up front, left out and counted). Files that are not
-images are ignored and counted.
+images are ignored and counted. Every process checks that it lists the
+examples the source was built on (`dataset_digest`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from typing import NamedTuple, Sequence
 from absl import logging
 import numpy as np
 
+from ovsw_jax.data import dataset_digest
 from ovsw_jax.data import encoded_source
 from ovsw_jax.data import folder_listing
 from ovsw_jax.data import ilsvrc_val
@@ -53,6 +55,7 @@ class Examples(NamedTuple):
   classes: tuple[str, ...]
   train: Split
   eval: Split
+  digest: str  # of classes, files and labels (`dataset_digest`)
 
 
 def read_file(path: str) -> bytes:
@@ -164,8 +167,10 @@ def read_examples(data_dir: str, train_split: str, eval_split: str,
   tr_labels = _class_labels(train, chosen, what)
   _report(what, train, train_bad)
   _report(ev_what, ev, ev_bad)
-  return Examples(chosen, _keep(train, train_bad, tr_labels),
-                  _keep(ev, ev_bad, ev_labels))
+  tr_split = _keep(train, train_bad, tr_labels)
+  ev_split = _keep(ev, ev_bad, ev_labels)
+  return Examples(chosen, tr_split, ev_split, dataset_digest.listing_digest(
+      chosen, [(s.files, s.labels) for s in (tr_split, ev_split)]))
 
 
 # Both splits' files and labels, cached per process.
@@ -199,10 +204,21 @@ class ImageFolderSource(encoded_source.EncodedImageSource):
   manifest_check: str
 
   def _examples(self) -> Examples:
+    """The examples, listed once per process (a grain worker lists them
+    again: they must be the ones the source was built on)."""
     with _LOCK:
-      return examples(self.data_dir, self.train_split, self.eval_split,
-                      self.classes, self.eval_labels, self.skip_corrupt,
-                      self.manifest_dir, self.manifest_check)
+      ex = examples(self.data_dir, self.train_split, self.eval_split,
+                    self.classes, self.eval_labels, self.skip_corrupt,
+                    self.manifest_dir, self.manifest_check)
+    if ex.digest != self.info.digest:
+      raise ValueError(
+          f'{NAME}: this process lists {len(ex.train.files)} train / '
+          f'{len(ex.eval.files)} eval images in {self.data_dir} (digest '
+          f'{ex.digest[:12]}), but the source was built on '
+          f'{dataset_digest.describe(self.info)}: the folder changed since, '
+          'or this process sees another copy; keep the folder unchanged '
+          'while a run reads it, and start the run again')
+    return ex
 
   def encoded(self, split, indices):
     ex = self._examples()
@@ -263,4 +279,4 @@ def make_source(data_dir: str | None = None, *,
       data_dir=data_dir, train_split=train_split, eval_split=eval_split,
       classes=classes, eval_labels=eval_labels,
       skip_corrupt=bool(skip_corrupt), manifest_dir=manifest_dir,
-      manifest_check=manifest_check)
+      manifest_check=manifest_check, digest=ex.digest)
