@@ -2,8 +2,10 @@
 
   python train.py --config=configs/cifar10_resnet20.py --workdir=/tmp/r20
 
-Any config field can be overridden, e.g. ``--config.batch_size=128``. Running
-the same command again resumes from the latest checkpoint in --workdir.
+Any config field can be overridden, e.g. ``--config.batch_size=128``; the
+fields and what they do: ovsw_jax/training/config.py. Running the same
+command again resumes from the latest checkpoint in --workdir (a changed
+field that changes training needs --config.allow_config_change=True).
 Multi-host: run one process per host with --coordinator_address,
 --num_processes and --process_id (or the JAX_COORDINATOR_ADDRESS,
 JAX_NUM_PROCESSES, JAX_PROCESS_ID environment variables), or
@@ -32,6 +34,7 @@ Datasets (--config.dataset) and their options
 """
 
 import json
+import logging as std_logging
 import sys
 
 from absl import app
@@ -65,13 +68,27 @@ def _fail(message: str, status: int = 1) -> None:
   sys.exit(status)
 
 
+# absl's help flags exit with status 1; asked for, help is no error.
+_HELP = {"--help": True, "-h": True, "-?": True, "--helpshort": True,
+         "--helpfull": False}
+
+
+def _help_if_asked(argv: list[str]) -> None:
+  """Prints the help (--helpfull: every library's flags too); exits 0."""
+  asked = [_HELP[a] for a in argv[1:] if a in _HELP]
+  if asked:
+    app.usage(shorthelp=asked[0], writeto_stdout=True)
+    sys.exit(0)
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """Parses flags; a bad ``--config.KEY`` override gives one clear line.
 
   ``--config.dataset_options.KEY=VALUE`` (or model_options) sets KEY of that
   dict, VALUE read as a Python literal (``64``, ``False``, ``(1, 1, 1)``).
-  Flag errors exit with status 2.
+  Flag errors exit with status 2; ``--help`` exits 0.
   """
+  _help_if_asked(argv)
   try:
     rest = FLAGS(argv)
   except flags.Error as e:
@@ -119,9 +136,12 @@ def main(argv):
   from ovsw_jax.training import mesh  # pylint: disable=g-import-not-at-top
 
   if not FLAGS["verbosity"].present:
-    # The trainer's own INFO lines, but only orbax's warnings: a dozen INFO
-    # lines per checkpoint would bury them (--verbosity=0 shows them all).
+    # The trainer's own INFO lines, but only the libraries' warnings
+    # (--verbosity=0 shows them all): orbax logs a dozen INFO lines per
+    # checkpoint, JAX one per backend it probes and lacks ("Unable to
+    # initialize backend 'tpu'" on every machine without libtpu).
     checkpointing.quiet_orbax_logs()
+    std_logging.getLogger("jax").setLevel(std_logging.WARNING)
   mesh.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                               FLAGS.process_id, auto=FLAGS.distributed_auto)
   try:
@@ -134,7 +154,7 @@ def main(argv):
       raise
     _fail(str(e))
   # One machine-readable line for scripts (and README's figure check).
-  keys = ("step", "preempted", "eval_top1", "eval_top5", "eval_count",
+  keys = ("step", "preempted", "finished", "eval_top1", "eval_top5", "eval_count",
           "wall_time_s")
   print("RESULT " + json.dumps({k: float(result[k]) if k.startswith(
       ("eval_top", "wall")) else result[k] for k in keys if k in result}),

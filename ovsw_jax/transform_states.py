@@ -75,15 +75,32 @@ def has_sad_state(opt_state: optax.OptState) -> bool:
 def ags_diagnostics(opt_state: optax.OptState) -> dict[str, jax.Array]:
   """Reads AGS's gradient-to-weight norm ratios (before scaling) from a state.
 
+  ``ags_ratio`` is measured on the gradient AGS receives, *before* AGS
+  scales it: for each output channel ``c`` of each leaf AGS sees (in the
+  trainer: the binary latent kernels; the gradient averaged over devices,
+  before SAD, weight decay and momentum),
+
+      r_c = max(||g_c||, grad_eps) / max(||w_c||, param_eps)
+
+  with ``w`` the params before the update (eps: 1e-6 and 1e-3 by default).
+  ``ags_ratio`` is the mean of ``r_c`` over all channels of all leaves (each
+  channel counts once, whatever its leaf's size); ``ags_ratio/<path>`` the
+  mean over one leaf's channels. AGS then scales every channel with
+  ``r_c < delta`` up to ``delta``, so after scaling each channel's ratio is
+  ``max(r_c, delta)``: an ``ags_ratio`` below ``delta`` means that many
+  channels were scaled up.
+
   Args:
     opt_state: any optimizer state holding `adaptive_gradient_scaling`'s,
       possibly nested in chain, masked, inject_hyperparams, MultiSteps or
       partition states.
 
   Returns:
-    ``{'ags_ratio': mean over all channels, 'ags_ratio/<param path>': mean over
-    that leaf's channels, ...}`` from the last update. Pure, so it can run
-    under `jax.jit`.
+    ``{'ags_ratio': mean of r_c over all channels, 'ags_ratio/<param path>':
+    mean over that leaf's channels, ...}`` from the last update (0 before
+    any). Several AGS states (e.g. one per `optax.partition` label) are
+    averaged weighted by their channel counts. Pure, so it can run under
+    `jax.jit`.
 
   Raises:
     ValueError: the state holds no AGS state (check with `has_ags_state`).

@@ -110,7 +110,8 @@ def adaptive_gradient_scaling(
 
   Returns:
     A :class:`optax.GradientTransformation` whose state
-    (`AdaptiveGradientScalingState`) records the mean ratio before scaling.
+    (`AdaptiveGradientScalingState`) records the ratios ``gn / pn`` measured
+    before scaling (read them with `ags_diagnostics`: ``ags_ratio``).
 
   References:
     Xiang et al., `OvSW: Overcoming Silent Weights for Accurate Binary Neural

@@ -345,8 +345,8 @@ def test_packed_cresnet20_predicts_like_the_float_eval_on_cifar10(
       env=env, capture_output=True, text=True, cwd=REPO, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
   exported = json.loads(proc.stdout.strip().splitlines()[-1])
-  assert exported["bytes"] == os.path.getsize(out)
-  assert exported["float32_bytes"] > 8 * exported["bytes"]
+  assert exported["file_bytes"] == os.path.getsize(out)
+  assert exported["float32_bytes"] > 8 * exported["file_bytes"]
 
   # The inference CLI's top-1 is the trainer's own eval top-1 (the same
   # 10,000 test images); it writes the packed model's logits.

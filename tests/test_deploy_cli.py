@@ -7,7 +7,9 @@ import sys
 
 import pytest
 
+from ovsw_jax import models
 from ovsw_jax.deploy import cli
+from ovsw_jax.summary import summary
 from ovsw_jax.training import loop
 from ovsw_jax.training import workdir as workdir_lib
 from tests.test_train import tiny_config
@@ -40,6 +42,15 @@ def test_digits_run_exports_without_data_and_evaluates(tmp_path):
   proc = _deploy("export", f"--workdir={workdir}", f"--out={out}")
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "orbax" not in proc.stderr  # library INFO logs stay quiet
+  # The sizes, named exactly: the file, the arrays in it (what the summary
+  # counts as packed) and the container around them.
+  sizes = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert sizes["file_bytes"] == os.path.getsize(out)
+  model = models.get_model(config.model, 10, stage_sizes=(1, 1, 1))
+  assert sizes["packed_weight_bytes"] == summary(
+      model, (16, 16, 1)).total("packed_bytes")
+  assert sizes["container_bytes"] == (
+      sizes["file_bytes"] - sizes["packed_weight_bytes"]) > 0
   proc = _deploy("evaluate", f"--packed={out}", "--dataset=digits")
   assert proc.returncode == 0, proc.stderr[-3000:]
   evaluated = json.loads(proc.stdout.strip().splitlines()[-1])

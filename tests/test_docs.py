@@ -53,8 +53,20 @@ def test_readme_is_a_front_page():
 
 def test_readme_code_runs(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
-  namespace = _run_blocks(_blocks(README, "python"), "README.md")
-  assert float(namespace["loss"]) > 0  # one real step ran
+  ns = _run_blocks(_blocks(README, "python"), "README.md")
+  # The step's loss is the cross-entropy of the initial variables' logits,
+  # and the step moved the binary kernels.
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  logits, _ = ns["model"].apply(ns["variables"], ns["images"], train=True,
+                                mutable=["batch_stats"])
+  logp = jax.nn.log_softmax(np.asarray(logits, np.float64))
+  expected = -np.mean(np.take_along_axis(
+      np.asarray(logp), np.asarray(ns["labels"])[:, None], axis=1))
+  np.testing.assert_allclose(float(ns["loss"]), expected, rtol=1e-5)
+  before = ns["variables"]["params"]["layer1_0"]["conv1"]["latent_kernel"]
+  after = ns["params"]["layer1_0"]["conv1"]["latent_kernel"]
+  assert not np.array_equal(before, after)
 
 
 def test_api_tour_runs_as_written(tmp_path, monkeypatch):

@@ -1,8 +1,9 @@
 """Runs the Colab notebooks in colabs/ top to bottom with small settings.
 
 Small settings go in a cell inserted right after each notebook's `parameters`
-cell (as papermill does). Each notebook prints its `RESULTS` dict as JSON in its
-last cell; the tests parse it and check it against what the settings imply.
+cell (as papermill does). Each notebook gathers its numbers in a `RESULTS`
+dict; a cell the test appends prints it as JSON (a reader of the notebook sees
+no such dump), and the tests check it against what the settings imply.
 The kernel runs on this interpreter (`sys.executable`), with this checkout on
 its PYTHONPATH and matplotlib's Agg backend.
 """
@@ -68,15 +69,14 @@ def run_notebook(name, overrides, kernel_name, cwd):
       "\n".join(f"{k} = {v!r}" for k, v in overrides.items()))
   cell.metadata["tags"] = ["injected-parameters"]
   nb.cells.insert(parameters_index(nb) + 1, cell)
+  nb.cells.append(nbformat.v4.new_code_cell(
+      "import json as _json\nprint(_json.dumps(RESULTS))"))
   nbclient.NotebookClient(
       nb, kernel_name=kernel_name, timeout=600,
       resources={"metadata": {"path": str(cwd)}}).execute()
-  last = [c for c in nb.cells if c.cell_type == "code"][-1]
-  text = "".join(o.get("text", "") for o in last.outputs
+  text = "".join(o.get("text", "") for o in nb.cells[-1].outputs
                  if o.output_type == "stream" and o.name == "stdout")
-  lines = [line for line in text.splitlines() if line.startswith("{")]
-  assert len(lines) == 1, f"no RESULTS JSON in the last cell's output:\n{text}"
-  return json.loads(lines[0])
+  return json.loads(text)
 
 
 def binary_kernel_sizes(model_name, image_shape):
@@ -107,6 +107,9 @@ def test_committed_notebook_is_clean_and_installs_from_its_checkout(name):
   # The project has no public home yet: no URL of one, no Colab badge.
   assert "github.com/ovsw-jax" not in text and "colab-badge" not in text
   code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+  # Results are printed for a reader, not dumped as JSON (the tests print
+  # RESULTS themselves).
+  assert "json.dumps" not in code and "RESULTS = " in code
   # The install (from the checkout) must not run where ovsw_jax is
   # importable (CI).
   assert "except ImportError:" in code and "install -q -e {checkout}" in code

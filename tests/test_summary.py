@@ -102,3 +102,26 @@ def test_cli_prints_the_table_and_totals(capsys):
   assert "compression ratio 13.75x" in out
   with pytest.raises(SystemExit):
     main(["--model=nope"])
+
+
+def test_a_summary_displays_its_table_in_a_repl_and_a_notebook():
+  s = summary(models.get_model("cresnet20_1w1a", 10, stage_sizes=(1, 1, 1)),
+              (32, 32, 3))
+  text = s.table()
+  assert repr(s) == str(s) == text
+  assert "LayerRow(" not in repr(s)
+  assert text.splitlines()[-1].startswith("params: ")
+  assert "packed weights" in text and "container" in text
+  # What IPython shows: the text table in a terminal, an HTML table in a
+  # notebook, one <tr> a layer plus the head and the totals.
+  # IPython comes with the test extras' ipykernel.
+  from IPython.core import interactiveshell  # pylint: disable=g-import-not-at-top
+  shown, _ = interactiveshell.InteractiveShell.instance(
+      ).display_formatter.format(s)
+  assert shown["text/plain"] == text
+  page = shown["text/html"]
+  assert page.count("<tr>") == len(s.rows) + 2
+  for row in s.rows:
+    assert f">{row.name}</td>" in page
+  assert f">{s.total('binary_params'):,}</th>" in page
+  assert "compression ratio" in page

@@ -12,12 +12,10 @@ import json
 import math
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
 import textwrap
-import time
 
 import jax
 import jax.numpy as jnp
@@ -48,6 +46,12 @@ RECIPES = ("cifar10_resnet20", "cifar10_resnet18", "cifar10_vggsmall",
 
 # A small run: synthetic 8x8 images, cResNet20 with one block per stage.
 TINY = {
+    # The defaults' recipe, which train.py's runs (configs/quickstart.py)
+    # and the in-process runs (default.get_config()) then share: a resume
+    # that mixes the two must not change a key that changes training.
+    "method": "ovsw",
+    "learning_rate": 0.1,
+    "lr_schedule_granularity": "epoch",
     "model": "cresnet20_1w1a",
     "model_options": {"stage_sizes": (1, 1, 1)},
     "dataset": "synthetic",
@@ -422,51 +426,6 @@ def test_checkpoints_keep_the_latest_and_the_best(tmp_path):
   manager.close()
 
 
-def test_sigkill_and_restart_ends_bitwise_equal(tmp_path, compile_cache):
-  overrides = {**TINY, "num_train_steps": 80, "checkpoint_every_steps": 10,
-               "log_every_steps": 10}
-  env = subprocess_env(compile_cache)
-  straight = subprocess.Popen(train_cmd(tmp_path / "straight", overrides),
-                              env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True)
-  killed_dir = tmp_path / "killed"
-  victim = subprocess.Popen(train_cmd(killed_dir, overrides), env=env,
-                            stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-  deadline = time.time() + 300
-  while not _committed_steps(killed_dir) and victim.poll() is None:
-    assert time.time() < deadline, "no checkpoint within 300 s"
-    time.sleep(0.01)
-  victim.send_signal(signal.SIGKILL)
-  victim.wait()
-  assert victim.returncode == -signal.SIGKILL
-  steps_at_kill = _committed_steps(killed_dir)
-  assert steps_at_kill and max(steps_at_kill) < 80
-
-  resumed = subprocess.run(train_cmd(killed_dir, overrides), env=env,
-                           capture_output=True, text=True, timeout=300,
-                           check=False)
-  assert resumed.returncode == 0, resumed.stderr[-4000:]
-  match = re.search(r"Resuming from the checkpoint at step (\d+)",
-                    resumed.stderr)
-  assert match and int(match.group(1)) >= min(steps_at_kill)
-  assert info_from_libraries(resumed.stderr) == set()  # restore + saves
-  _, err = straight.communicate(timeout=300)
-  assert straight.returncode == 0, err[-4000:]
-
-  config = tiny_config(**overrides)
-  a, step_a = loop.load_checkpoint(config, tmp_path / "straight")
-  b, step_b = loop.load_checkpoint(config, killed_dir)
-  assert step_a == step_b == 80
-  for (path, x), (_, y) in zip(all_leaves(a), all_leaves(b)):
-    np.testing.assert_array_equal(x, y, err_msg=str(path))
-  # metrics.jsonl was rewound to the checkpoint, so it reads as one run.
-  logs = [[(r["step"], r.get("train_loss")) for r in
-           metrics_io.read_metrics(d)] for d in (tmp_path / "straight",
-                                                killed_dir)]
-  assert logs[0] == logs[1]
-
-
 # Reading the damaged checkpoint leaves tensorstore callbacks aimed at an
 # asyncio loop orbax has closed; Python reports them as unraisable.
 @pytest.mark.filterwarnings(
@@ -523,7 +482,8 @@ def test_non_finite_loss_stops_naming_the_step(tmp_path):
       tiny_config(num_train_steps=2, checkpoint_every_steps=2), workdir)
   # Resume with an absurd learning rate, saving after every finite step.
   config = tiny_config(num_train_steps=8, checkpoint_every_steps=1,
-                       log_every_steps=8, learning_rate=1e30)
+                       log_every_steps=8, learning_rate=1e30,
+                       allow_config_change=True)
   with pytest.raises(FloatingPointError) as info:
     loop.train_and_evaluate(config, workdir)
   message = str(info.value)

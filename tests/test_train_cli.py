@@ -5,6 +5,7 @@ The override tests go through train.py's real flag parsing under
 parses as a user's command does). None of them trains.
 """
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -80,3 +81,24 @@ def test_bad_nested_overrides_are_one_line():
   assert proc.stderr.strip().splitlines() == [
       "error: --config.seed.x: config.seed is a single value, not a dict; "
       "set it with --config.seed=VALUE"]
+
+
+def test_no_backend_probe_lines_unless_verbosity_asks(tmp_path):
+  # JAX probes every backend it knows when JAX_PLATFORMS is unset, and logs
+  # each it lacks at INFO ("Unable to initialize backend 'tpu'"). eval_only
+  # in an empty workdir starts JAX, then stops (no checkpoint).
+  env = {k: v for k, v in _env().items() if k != "JAX_PLATFORMS"}
+  args = [sys.executable, "train.py",
+          f"--config={os.path.join(REPO, 'configs', 'quickstart.py')}",
+          f"--workdir={tmp_path}", "--config.eval_only=True"]
+  runs = [subprocess.run(args + extra, capture_output=True, text=True,
+                         cwd=REPO, env=env, timeout=120, check=False)
+          for extra in ([], ["--verbosity=0"])]
+  quiet, verbose = runs
+  assert quiet.returncode == verbose.returncode == 1
+  assert quiet.stderr.strip().splitlines() == [
+      f"error: no checkpoint in {tmp_path}/checkpoints; train first (same "
+      "--workdir, eval_only=False)"], quiet.stderr[-2000:]
+  # The lines are there to be asked for: without libtpu the TPU probe fails.
+  if importlib.util.find_spec("libtpu") is None:
+    assert "Unable to initialize backend 'tpu'" in verbose.stderr

@@ -198,6 +198,14 @@ def test_ags_matches_formula_including_eps_clamps_and_unchanged_branch():
   np.testing.assert_allclose(state.mean_ratio,
                              np.mean(ratios + [0.02, 0.25]), rtol=1e-5)
   assert int(state.num_groups) == 6
+  # ags_ratio is read before scaling: the update's own ratios are
+  # max(r, delta) per channel (col 0: 0.01 recorded, 0.04 applied).
+  np.testing.assert_allclose(ags_diagnostics(state)["ags_ratio"],
+                             state.mean_ratio)
+  applied = (np.linalg.norm(updates["dense"], axis=0)
+             / np.maximum(np.linalg.norm(w["dense"], axis=0), 1e-3))
+  np.testing.assert_allclose(applied[[0, 2, 3]], [0.04, 2.0, 0.04],
+                             rtol=1e-5)
   # A ratio exactly at delta is left alone; just below it is raised to delta.
   tx = adaptive_gradient_scaling(0.5)
   w1 = jnp.array([2.0])

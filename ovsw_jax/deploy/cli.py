@@ -116,7 +116,11 @@ def export_checkpoint(workdir: str, out: str, *, checkpoint: str = "latest",
       the trainer).
 
   Returns:
-    ``{'out', 'bytes', 'float32_bytes', 'step', 'model', 'float_dtype'}``.
+    ``{'out', 'file_bytes', 'packed_weight_bytes', 'container_bytes',
+    'float32_bytes', 'step', 'model', 'float_dtype'}``: the file's size, the
+    bytes of the arrays it stores (what `ovsw_jax.summary` counts as packed
+    bytes), the rest of the file (its JSON header and .npz/.npy headers),
+    and the float32 size of the same variables.
 
   Raises:
     FileNotFoundError: no config.json (and no ``config``) or no checkpoint.
@@ -144,7 +148,9 @@ def export_checkpoint(workdir: str, out: str, *, checkpoint: str = "latest",
                 "workdir": os.fspath(workdir_lib.workdir_path(workdir))},
       class_names=class_names)
   size = format_lib.save(packed, out)
-  return {"out": out, "bytes": size,
+  weights = format_lib.array_bytes(packed)
+  return {"out": out, "file_bytes": size, "packed_weight_bytes": weights,
+          "container_bytes": size - weights,
           "float32_bytes": export_lib.float32_bytes(variables),
           "step": int(step), "model": config.model,
           "float_dtype": float_dtype}
@@ -179,10 +185,31 @@ def _define_export_flags() -> None:
   flags.mark_flags_as_required(["workdir", "out"])
 
 
+_EXPORT_HELP = """usage: python -m ovsw_jax.deploy export --workdir=DIR --out=FILE [flags]
+
+Packs a training workdir's checkpoint into one file for 1-bit inference
+(binary kernels as bits, float layers in float_dtype) and prints one JSON
+line: file_bytes (the file's size), packed_weight_bytes (the arrays it
+stores: what `python -m ovsw_jax.summary` calls packed), container_bytes
+(the rest: JSON header, .npz/.npy headers), float32_bytes (the same
+variables in float32), the step and the model."""
+
+
 def export_command(argv: Sequence[str]) -> None:
-  """``export``: absl flags (``--config`` takes ``--config.<key>=...``)."""
+  """``export``: absl flags (``--config`` takes ``--config.<key>=...``).
+
+  ``--help`` lists the flags and exits 0 (absl's own --help would show the
+  flags of ``__main__``, which defines none, and exit 1).
+  """
+  import sys  # pylint: disable=g-import-not-at-top
   from absl import app  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
   _define_export_flags()
+  if any(a in ("--help", "-h", "-?", "--helpshort", "--helpfull")
+         for a in argv[1:]):
+    print(f"{_EXPORT_HELP}\n\nflags:\n"
+          f"{flags.FLAGS.module_help(sys.modules[__name__])}")
+    sys.exit(0)
   app.run(_export_main, argv=list(argv))
 
 

@@ -124,6 +124,19 @@ def unflatten(flat: Mapping[str, np.ndarray]) -> dict[str, Any]:
   return tree
 
 
+def array_bytes(packed: PackedModel) -> int:
+  """The bytes of the arrays a packed file stores (its packed weights).
+
+  What `ovsw_jax.summary` counts as packed bytes: the binary layers' sign
+  words, tap sums and scales, and every other variable. The file is larger
+  by its container: the JSON header and the .npz/.npy headers.
+  """
+  arrays = [np.asarray(v) for layer in packed.layers.values()
+            for v in layer.values()]
+  arrays += [np.asarray(v) for v in jax.tree.leaves(packed.variables)]
+  return int(sum(a.nbytes for a in arrays))
+
+
 def save(packed: PackedModel, path: str | os.PathLike[str]) -> int:
   """Writes ``packed`` to one uncompressed ``.npz`` file; returns its bytes.
 

@@ -9,10 +9,16 @@ Like larq's ``lq.models.summary``, it tells binary from float:
   binary; its scale, and every other param, float);
 * bits of the weights and of the inputs (1 or 32);
 * memory while training (every param and BatchNorm statistic in float32)
-  and once packed: what `ovsw_jax.deploy.export` writes (32 signs to a
-  uint32 word per output channel and tap, int32 tap sums for a conv, a
-  float32 scale per channel; float layers and BatchNorm in float32);
+  and once packed: the bytes of the arrays `ovsw_jax.deploy.export` writes
+  (32 signs to a uint32 word per output channel and tap, int32 tap sums for
+  a conv, a float32 scale per channel; float layers and BatchNorm in
+  float32). The packed file is larger by its container (a JSON header and
+  the .npz/.npy headers, some tens of KB: ``container_bytes`` in the
+  export's output);
 * binary and float multiply-accumulates at batch size 1 (convs and denses).
+
+A `Summary` shows its table wherever it is displayed: ``print(s)``, a REPL
+(``repr``) and a notebook (an HTML table).
 
 Command line::
 
@@ -23,6 +29,7 @@ Command line::
 from __future__ import annotations
 
 import dataclasses
+import html
 import math
 from typing import Any, Optional, Sequence
 
@@ -56,7 +63,8 @@ class LayerRow:
     weight_bits: 1 for binary weights, 32 otherwise (0: no weights).
     input_bits: 1 where the layer binarizes its input, else 32.
     training_bytes: params and BatchNorm statistics in float32.
-    packed_bytes: the bytes `ovsw_jax.deploy.export` stores for the layer.
+    packed_bytes: the bytes of the arrays `ovsw_jax.deploy.export` stores
+      for the layer (its packed weights; the file's container not counted).
     binary_macs: XNOR-popcount multiply-accumulates (batch size 1).
     float_macs: float multiply-accumulates (batch size 1).
   """
@@ -73,14 +81,39 @@ class LayerRow:
   float_macs: int = 0
 
 
-@dataclasses.dataclass
+_HEAD = ("layer", "kind", "output", "bin params", "float params",
+         "bits w/a", "train KiB", "packed KiB", "bin MACs", "float MACs")
+
+
+@dataclasses.dataclass(repr=False)
 class Summary:
   """A model's `LayerRow`s and their totals.
+
+  ``str``, ``repr`` and a notebook's display show the table (`table`; in a
+  notebook as HTML).
 
   Attributes:
     rows: the layers, in call order.
   """
   rows: list[LayerRow]
+
+  def __str__(self) -> str:
+    return self.table()
+
+  __repr__ = __str__
+
+  def _repr_html_(self) -> str:
+    """The table for notebooks: one HTML row a layer, totals last."""
+    cells = self._cells()
+    rows = ["<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in _HEAD)
+            + "</tr>"]
+    for i, row in enumerate(cells):
+      tag = "th" if i == len(cells) - 1 else "td"
+      rows.append("<tr>" + "".join(
+          f'<{tag} style="text-align:{"left" if j < 3 else "right"}">'
+          f"{html.escape(c)}</{tag}>" for j, c in enumerate(row)) + "</tr>")
+    return (f"<table>{''.join(rows)}</table>"
+            f"<p>{html.escape(self._footer())}</p>")
 
   def total(self, field: str) -> int:
     """The sum of ``field`` (e.g. 'packed_bytes') over the rows."""
@@ -91,10 +124,8 @@ class Summary:
     """float32 bytes of every param and statistic / packed bytes."""
     return self.total("training_bytes") / max(self.total("packed_bytes"), 1)
 
-  def table(self) -> str:
-    """The summary as a text table, totals and compression ratio last."""
-    head = ("layer", "kind", "output", "bin params", "float params",
-            "bits w/a", "train KiB", "packed KiB", "bin MACs", "float MACs")
+  def _cells(self) -> list[tuple[str, ...]]:
+    """Each layer's cells as text, then the totals'."""
     body = [(r.name, r.kind, "x".join(map(str, r.output_shape)),
              f"{r.binary_params:,}", f"{r.float_params:,}",
              f"{r.weight_bits or '-'}/{r.input_bits}",
@@ -107,21 +138,29 @@ class Summary:
              f"{self.total('packed_bytes') / 1024:,.1f}",
              f"{self.total('binary_macs'):,}",
              f"{self.total('float_macs'):,}")
-    widths = [max(len(row[i]) for row in [head, total, *body])
-              for i in range(len(head))]
+    return [*body, total]
+
+  def _footer(self) -> str:
+    params = self.total("binary_params") + self.total("float_params")
+    return (f"params: {params:,} ({self.total('binary_params'):,} binary); "
+            f"float32 size {self.total('training_bytes') / 2**20:,.2f} MiB, "
+            f"packed weights {self.total('packed_bytes') / 2**20:,.2f} MiB "
+            "(the exported file adds its container): compression ratio "
+            f"{self.compression_ratio:.2f}x")
+
+  def table(self) -> str:
+    """The summary as a text table, totals and compression ratio last."""
+    *body, total = self._cells()
+    widths = [max(len(row[i]) for row in [_HEAD, total, *body])
+              for i in range(len(_HEAD))]
 
     def line(row):
       return "  ".join(c.ljust(w) if i < 3 else c.rjust(w)
                        for i, (c, w) in enumerate(zip(row, widths)))
 
-    rule = "-" * len(line(head))
-    params = self.total("binary_params") + self.total("float_params")
-    return "\n".join([
-        line(head), rule, *map(line, body), rule, line(total),
-        f"params: {params:,} ({self.total('binary_params'):,} binary); "
-        f"float32 size {self.total('training_bytes') / 2**20:,.2f} MiB, "
-        f"packed {self.total('packed_bytes') / 2**20:,.2f} MiB: "
-        f"compression ratio {self.compression_ratio:.2f}x"])
+    rule = "-" * len(line(_HEAD))
+    return "\n".join([line(_HEAD), rule, *map(line, body), rule,
+                      line(total), self._footer()])
 
 
 def _size(leaf: Any) -> int:
@@ -198,7 +237,7 @@ def summary(model: nn.Module, input_shape: Sequence[int]) -> Summary:
     input_shape: one image's shape, without the batch axis.
 
   Returns:
-    A `Summary`; ``print(s.table())`` shows it.
+    A `Summary`; ``print(s)``, or ``s`` in a REPL or notebook, shows it.
   """
   calls, variables = _trace(model, tuple(input_shape))
   params = variables.get("params", {})
@@ -244,5 +283,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   classes = args.num_classes or (10 if shape[0] <= 32 else 1000)
   model = models.get_model(args.model, classes)
   print(f"{args.model}, {classes} classes, input {'x'.join(map(str, shape))}")
-  print(summary(model, shape).table())
+  print(summary(model, shape))
   return 0

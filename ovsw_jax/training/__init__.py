@@ -11,8 +11,11 @@ The modules, in the order data flows through them:
 * `state`: `TrainState`; `steps`: the jitted train/eval steps;
 * `mesh`: devices, mesh, shardings, jax.distributed; `cpu_fast_path`: the
   CPU-only compiler options and bfloat16 binary operands;
-* `checkpointing`, `workdir` (config.json, checkpoint choice), `metrics_io`
-  (metric chunk files, read_metrics), `tensorboard`, `progress`;
+* `checkpointing`, `checkpoint_saver` (saves retried, then a loud stop),
+  `workdir` (config.json, checkpoint choice), `resume_guard` (a resume's
+  config against config.json), `restart` (step 0 in a used workdir),
+  `metrics_io` (metric chunk files, read_metrics), `tensorboard`,
+  `progress`;
 * `loop`: `train_and_evaluate`, `load_checkpoint`.
 """
 

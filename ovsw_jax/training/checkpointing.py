@@ -41,10 +41,29 @@ META = "meta"
 UNREADABLE_SUFFIX = ".unreadable"
 
 
+class UnreadableCheckpointsError(RuntimeError):
+  """Checkpoints exist but none can be read.
+
+  Attributes:
+    errors: ``'step <n> (<Type: first line>)'`` per checkpoint tried.
+  """
+
+  def __init__(self, message: str, errors: list[str]):
+    super().__init__(message)
+    self.errors = errors
+
+
+# orbax's error logs (each with a stack trace) of a failed save, which the
+# trainer reports in one line of its own (`checkpoint_saver`).
+_SAVE_FAILURE_LOGS = ("Failed to run", "raised an exception",
+                      "Save Finalize thread", "Checkpointer failed")
+
+
 class _OrbaxLogFilter(std_logging.Filter):
-  """Drops orbax's INFO chatter (a dozen lines per save) and its warning about
-  checkpoints saved without metrics (only those after an eval have any), and
-  the one that a read-only manager's directory is read only."""
+  """Drops orbax's INFO chatter (a dozen lines per save), its warning about
+  checkpoints saved without metrics (only those after an eval have any), the
+  one that a read-only manager's directory is read only, and its stack
+  traces of a failed save."""
 
   def filter(self, record: std_logging.LogRecord) -> bool:
     if f"{os.sep}orbax{os.sep}" not in record.pathname:
@@ -52,6 +71,9 @@ class _OrbaxLogFilter(std_logging.Filter):
     if record.levelno < std_logging.WARNING:
       return False
     message = record.getMessage()
+    if record.levelno >= std_logging.ERROR and any(
+        m in message for m in _SAVE_FAILURE_LOGS):
+      return False
     # Read-only managers (evaluation, export) are meant to be read only.
     return ("did not provide metrics" not in message and
             "Given directory is read only" not in message)
@@ -99,6 +121,10 @@ def create_manager(directory: str | os.PathLike[str],
       best_mode=best_mode,
       preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
       enable_async_checkpointing=async_save,
+      # Step directories made before save() returns: a failed directory
+      # creation then raises there, instead of leaving the save's writers
+      # waiting for it in background threads (for minutes, at exit too).
+      async_options=ocp.AsyncOptions(create_directories_asynchronously=False),
       cleanup_tmp_directories=not read_only,
       read_only=read_only,
       save_interval_steps=0 if read_only else 1,
@@ -197,7 +223,7 @@ def restore(manager: ocp.CheckpointManager,
     ``(state, meta, step)``, or None if there is no checkpoint at all.
 
   Raises:
-    RuntimeError: if checkpoints exist but none of them can be read.
+    UnreadableCheckpointsError: checkpoints exist but none can be read.
   """
   steps = sorted(manager.all_steps(), reverse=True)
   if not steps:
@@ -236,7 +262,8 @@ def restore(manager: ocp.CheckpointManager,
     return restored[STATE], dict(restored[META]), candidate
   aside = (f" (renamed to <step>{UNREADABLE_SUFFIX})"
            if set_aside_unreadable else "")
-  raise RuntimeError(
+  raise UnreadableCheckpointsError(
       f"no readable checkpoint in {manager.directory}: "
       f"{'; '.join(errors)}{aside}. Restore them from a backup, or pass "
-      "--config.restart_from_scratch=True to start again at step 0.")
+      "--config.restart_from_scratch=True to start again at step 0.",
+      errors)

@@ -153,13 +153,19 @@ def _run_fields(config: ml_collections.ConfigDict) -> None:
   # Per-layer sign-flip rate between two measurements every this many steps;
   # -1: log_every_steps, 0: off.
   config.flip_stats_every_steps = -1
-  # -1: once per epoch; 0: only after evals and at the end.
+  # -1: once per epoch; 0: after each eval (eval_every_epochs) and at the
+  # end. A kill loses at most the steps since the last checkpoint.
   config.checkpoint_every_steps = -1
   config.keep_checkpoints = 3     # latest kept, plus the best by eval top-1
   config.async_checkpointing = True
   # Start at step 0 in a workdir that holds a run's record (metric files or
   # set-aside unreadable checkpoints); the old metrics are moved aside.
   config.restart_from_scratch = False
+  # Resume although this config differs from the workdir's config.json in
+  # keys that change training (e.g. num_epochs, learning_rate); without it
+  # such a resume stops, naming each changed key. The change is recorded in
+  # <workdir>/config_history.jsonl. Keys in RESUME_NEUTRAL_KEYS never stop it.
+  config.allow_config_change = False
   config.eval_every_epochs = 1    # 0: only at the end
   # Evaluate a checkpoint instead of training: 'latest' or 'best' one.
   config.eval_only = False
@@ -198,6 +204,22 @@ INIT_FROM_REQUIRED = "<required: the previous stage's workdir>"
 
 # The keys a config must have, exactly; defined by `default_config` alone.
 CONFIG_KEYS = frozenset(default_config().keys())
+
+# Keys that cannot change training (the parameters and optimizer state a run
+# reaches at each step): a resumed run may change them without
+# allow_config_change (`ovsw_jax.training.resume_guard`); every other key is
+# guarded. Logging, checkpoint and evaluation cadence are here; the batches
+# are a pure function of (seed, step), so the input pipeline's workers and
+# buffering are too; data_dir is, so that a dataset may move between a run
+# and its resume. A new key that cannot change training is added here.
+RESUME_NEUTRAL_KEYS = frozenset({
+    "log_every_steps", "flip_stats_every_steps", "progress_bar",
+    "profile_steps",
+    "checkpoint_every_steps", "keep_checkpoints", "async_checkpointing",
+    "restart_from_scratch", "allow_config_change",
+    "eval_every_epochs", "eval_batch_size", "eval_only", "eval_checkpoint",
+    "data_dir", "prefetch", "worker_count",
+})
 
 
 def as_dict(options: Any) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from ovsw_jax.training import config as config_lib
 from ovsw_jax.training import mesh as mesh_lib
 from ovsw_jax.training import metrics_io
 from ovsw_jax.training import restart
+from ovsw_jax.training import resume_guard
 from ovsw_jax.training.run import TrainingRun
 from ovsw_jax.training import state as state_lib
 from ovsw_jax.training import steps as steps_lib
@@ -151,10 +152,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       writer = metrics_io.MetricsWriter(workdir, enabled=is_chief)
       return _evaluate_only(config, experiment, manager, mesh, run_eval,
                             writer)
-    state, step = _initial_state(config, experiment, manager, mesh, workdir)
+    changes = _guard_resume(config, experiment.info, workdir, manager)
+    state, step = _initial_state(config, experiment, manager, mesh, workdir,
+                                 changed=changes.guarded if changes else None)
+    if step >= experiment.total_steps:
+      finished = _finished_run(workdir, step, experiment.total_steps)
+      if finished is not None:
+        return finished
     state = state.replace(teacher=distill.load_teacher(
         config, experiment.info.num_classes, mesh))
     if is_chief:
+      if changes is not None:
+        resume_guard.record(workdir, step, changes)
       workdir_lib.write_config(recorded_config(config, experiment.info),
                                workdir)
     writer = metrics_io.MetricsWriter(workdir, enabled=is_chief,
@@ -198,17 +207,71 @@ def _evaluate_only(config, experiment, manager, mesh, run_eval, writer):
   return {"step": step, **result}
 
 
-def _initial_state(config, experiment, manager, mesh, workdir
+def _guard_resume(config, info, workdir, manager
+                  ) -> Optional[resume_guard.ConfigChanges]:
+  """`resume_guard.check` when there is a checkpoint to resume; else None.
+
+  The config is compared as config.json records it (`recorded_config`: an
+  image folder's resolved classes), so a rerun that leaves them implicit
+  compares equal.
+  """
+  latest = manager.latest_step()
+  if latest is None:
+    return None
+  return resume_guard.check(recorded_config(config, info), workdir, latest)
+
+
+def _finished_run(workdir: str, step: int, total: int
+                  ) -> Optional[dict[str, Any]]:
+  """The result of a run already trained to its end and evaluated there.
+
+  Returns:
+    ``{'step', 'finished': True, 'eval_*'...}`` from the eval record of the
+    latest checkpoint's step; None when the metrics hold none (the run is
+    then evaluated again, which adds the missing record).
+  """
+  try:
+    records = metrics_io.read_metrics(workdir)
+  except FileNotFoundError:
+    return None
+  evals = [r for r in records if r["step"] == step and "eval_top1" in r]
+  if not evals:
+    return None
+  last = evals[-1]
+  logging.info(
+      "The run in %s is finished: its checkpoint at step %d (of %d) was "
+      "evaluated, top-1 %.4f. Nothing to do; to train further, raise "
+      "num_epochs (or num_train_steps) with --config.allow_config_change="
+      "True, or start a new --workdir.", workdir, step, total,
+      last["eval_top1"])
+  return {"step": step, "finished": True,
+          **{k: v for k, v in last.items() if k.startswith("eval_")}}
+
+
+def _initial_state(config, experiment, manager, mesh, workdir, changed=None
                    ) -> tuple[state_lib.TrainState, int]:
   """The latest readable checkpoint's state, or a new one at step 0.
 
   A new one starts from ``config.init_from``'s params and batch_stats when
   set (a later stage). Step 0 in a workdir holding an earlier run's record
-  needs ``config.restart_from_scratch`` (`restart.check_fresh_start`).
+  goes through `restart.check_fresh_start`. With ``changed`` (the guarded
+  keys an allowed config change alters), a checkpoint the new config cannot
+  read is an error naming them, not a damaged checkpoint to set aside.
   """
   abstract = _abstract_state(experiment, config, mesh)
-  restored = checkpointing.restore(manager,
-                                   state_lib.checkpoint_items(abstract))
+  try:
+    restored = checkpointing.restore(
+        manager, state_lib.checkpoint_items(abstract),
+        set_aside_unreadable=not changed)
+  except checkpointing.UnreadableCheckpointsError as e:
+    if not changed:
+      raise
+    raise ValueError(
+        f"the checkpoints in {manager.directory} cannot be read with the "
+        f"changed config ({resume_guard.describe(changed)}): "
+        f"{'; '.join(e.errors)}. Keep those keys as they were, or train the "
+        f"change in a new --workdir with --config.init_from={workdir}."
+        ) from e
   if restored is None:
     restart.check_fresh_start(workdir, config.restart_from_scratch,
                               jax.process_index() == 0)
@@ -222,7 +285,7 @@ def _initial_state(config, experiment, manager, mesh, workdir
   items, meta, step = restored
   logging.info("Resuming from the checkpoint at step %d (data position %d).",
                step, meta["data_step"])
-  changed = dataset_digest.change_since(meta, experiment.info)
-  if changed:
-    logging.warning("%s.", changed)
+  data_change = dataset_digest.change_since(meta, experiment.info)
+  if data_change:
+    logging.warning("%s.", data_change)
   return abstract.replace(**items), step

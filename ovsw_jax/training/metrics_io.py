@@ -95,7 +95,11 @@ class MetricsWriter:
   ``silent_fraction/<param>`` per binary kernel (as of the last step) and,
   every flip_stats_every_steps, ``flip_rate`` and ``flip_rate/<param>``: the
   fraction of binary weights whose sign changed since the previous
-  measurement. Evaluation adds ``eval_loss``, ``eval_top1``, ``eval_top5``
+  measurement. ``ags_ratio`` is AGS's gradient-to-weight norm ratio per
+  output channel, measured *before* AGS scales the gradient and averaged
+  over all channels of the binary kernels (`ovsw_jax.transforms.
+  ags_diagnostics`; after scaling each channel's ratio is at least delta).
+  Evaluation adds ``eval_loss``, ``eval_top1``, ``eval_top5``
   and ``eval_count`` (images counted). Floats are the float32 values as
   Python floats, unrounded.
 

@@ -1,21 +1,44 @@
-"""The guard against a silent restart from step 0 in a used workdir.
+"""Starting at step 0 in a workdir that holds an earlier run's files.
 
-A workdir whose checkpoints are all gone or set aside as unreadable
-(``<step>.unreadable``) but which still holds the run's record
-(its metric files) must not start again at step 0 and overwrite that record
-unless asked to: `check_fresh_start` refuses, and with
-``restart_from_scratch`` moves the old metrics aside instead.
+A workdir with no readable checkpoint but with an earlier run's record (its
+metric files, or checkpoints set aside as unreadable, ``<step>.unreadable``)
+is one of two things:
+
+* a run killed before its first checkpoint: nothing of it can be resumed,
+  and its records end before the first step it would have saved at. The new
+  run starts at step 0; the old records are moved aside, not overwritten;
+* a run whose checkpoints were lost (set aside as unreadable, or removed
+  after they were saved): its records reach a step it saved at. Starting
+  again would silently throw away that training, which a backup might
+  restore, so `check_fresh_start` refuses unless ``restart_from_scratch``
+  is set.
+
+Moved aside, with a ``.before_restart`` suffix (numbered if taken):
+``metrics/`` (or a legacy ``metrics.jsonl``), ``tensorboard/``,
+``config.json`` and ``config_history.jsonl``.
 """
 
 from __future__ import annotations
 
+from typing import Optional
+
+from absl import logging
 from etils import epath
 
 from ovsw_jax.training import checkpointing
+from ovsw_jax.training import config as config_lib
 from ovsw_jax.training import metrics_io
+from ovsw_jax.training import resume_guard
+from ovsw_jax.training import schedules
+from ovsw_jax.training import tensorboard
 from ovsw_jax.training import workdir as workdir_lib
 
 FLAG = "--config.restart_from_scratch=True"
+ASIDE_SUFFIX = ".before_restart"
+# What belongs to an earlier run's record, moved aside for a new one.
+RUN_RECORD = (metrics_io.LEGACY_METRICS_FILE, metrics_io.METRICS_DIR,
+              tensorboard.TENSORBOARD_DIR, workdir_lib.CONFIG_FILE,
+              resume_guard.CONFIG_HISTORY_FILE)
 
 
 class RestartRefusedError(RuntimeError):
@@ -33,10 +56,47 @@ def previous_run_files(workdir: str) -> list[epath.Path]:
 
 
 def _aside_name(path: epath.Path) -> epath.Path:
-  target, n = path.parent / f"{path.name}.before_restart", 1
+  target, n = path.parent / f"{path.name}{ASIDE_SUFFIX}", 1
   while target.exists():
-    target, n = path.parent / f"{path.name}.before_restart{n}", n + 1
+    target, n = path.parent / f"{path.name}{ASIDE_SUFFIX}{n}", n + 1
   return target
+
+
+def unsaved_run(workdir: str) -> Optional[tuple[int, int]]:
+  """Whether the workdir's earlier run stopped before its first checkpoint.
+
+  Its config.json gives the steps it saved at, its records the last step
+  it reached. The records up to a save step are written before that save
+  starts, so records that end before the first save step prove that no
+  checkpoint was ever saved.
+
+  Returns:
+    ``(last recorded step, first save step)`` when the records end before
+    the first save; None when they do not, or when it cannot be told (no
+    config.json, records without a step count per epoch).
+  """
+  try:
+    saved = workdir_lib.read_config(workdir)
+    records = metrics_io.read_metrics(workdir)
+  except (FileNotFoundError, ValueError):
+    return None
+  rates = [r["step"] / r["epoch"] for r in records
+           if r.get("epoch") and r["step"] > 0]
+  if not rates:
+    return None
+  steps_per_epoch = int(round(rates[0]))
+  config = config_lib.default_config()
+  try:
+    config.update({k: v for k, v in saved.items()
+                   if k in config_lib.CONFIG_KEYS})
+    total = schedules.total_train_steps(config, steps_per_epoch)
+    saves = schedules.plan_steps(config, steps_per_epoch, 0, total).saves
+  except (TypeError, ValueError, KeyError):  # A config.json edited by hand.
+    return None
+  last = max(r["step"] for r in records)
+  if saves and last < min(saves):
+    return last, min(saves)
+  return None
 
 
 def check_fresh_start(workdir: str, restart_from_scratch: bool,
@@ -45,29 +105,37 @@ def check_fresh_start(workdir: str, restart_from_scratch: bool,
 
   Args:
     workdir: the run's workdir (no readable checkpoint was found in it).
-    restart_from_scratch: the config's flag; True moves the old metrics
-      aside (``metrics/`` to ``metrics.before_restart/``, a legacy
-      ``metrics.jsonl`` to ``metrics.jsonl.before_restart``) and lets the
-      run start.
+    restart_from_scratch: the config's flag: start again even over a run
+      whose checkpoints were lost.
     is_chief: only process 0 moves files.
 
   Raises:
-    RestartRefusedError: the workdir holds an earlier run's files and
-      ``restart_from_scratch`` is False.
+    RestartRefusedError: the workdir holds the record of a run that saved
+      checkpoints which are gone or unreadable, and ``restart_from_scratch``
+      is False.
   """
   found = previous_run_files(workdir)
   if not found:
     return
-  if not restart_from_scratch:
+  unreadable = any(checkpointing.UNREADABLE_SUFFIX in p.name for p in found)
+  unsaved = None if unreadable else unsaved_run(workdir)
+  if unsaved is None and not restart_from_scratch:
     raise RestartRefusedError(
         f"{workdir} has no readable checkpoint but holds an earlier run's "
-        f"files ({', '.join(p.name for p in found)}); refusing to restart "
-        f"at step 0 over them. Pass {FLAG} to start again (the old metrics "
-        "are kept beside them as *.before_restart), or use a new --workdir.")
+        f"files ({', '.join(p.name for p in found)}), which had saved "
+        f"checkpoints; refusing to restart at step 0 over them. Restore the "
+        f"checkpoints from a backup, pass {FLAG} to start again (the old "
+        f"records are kept beside them as *{ASIDE_SUFFIX}), or use a new "
+        "--workdir.")
+  if unsaved is not None:
+    logging.warning(
+        "The earlier run in %s stopped at step %d, before its first "
+        "checkpoint (step %d): starting again at step 0, with its records "
+        "moved aside (*%s).", workdir, unsaved[0], unsaved[1], ASIDE_SUFFIX)
   if not is_chief:
     return
-  root = epath.Path(workdir)
-  for name in (metrics_io.LEGACY_METRICS_FILE, metrics_io.METRICS_DIR):
+  root = workdir_lib.workdir_path(workdir)
+  for name in RUN_RECORD:
     path = root / name
     if path.exists():
       path.rename(_aside_name(path))

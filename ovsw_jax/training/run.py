@@ -23,7 +23,7 @@ from ovsw_jax import data
 from ovsw_jax import diagnostics
 from ovsw_jax.data import dataset_digest
 from ovsw_jax.data import device_normalize
-from ovsw_jax.training import checkpointing
+from ovsw_jax.training import checkpoint_saver
 from ovsw_jax.training import config as config_lib
 from ovsw_jax.training import guards
 from ovsw_jax.training import mesh as mesh_lib
@@ -45,6 +45,8 @@ class TrainingRun:
                run_eval, workdir):
     self.config, self.experiment, self.workdir = config, experiment, workdir
     self.manager, self.mesh, self.writer = manager, mesh, writer
+    self.saver = checkpoint_saver.CheckpointSaver(
+        manager, final_step=experiment.total_steps)
     self.run_eval = run_eval
     self.is_chief = jax.process_index() == 0
     self.train_step = steps_lib.jit_train_step(
@@ -104,11 +106,14 @@ class TrainingRun:
           self.writer.write(step, record)
         if step in plan.saves:
           self._save(step, state, evaluated=step in plan.evals)
+        self.saver.check(step, lambda: self._save_args(step, state, False))
         profiler.after_step(step, state)
         if watch.stop_here(step, lambda: self._save(step, state, False),
-                           self.manager):
+                           self.saver):
           self.preempted_at = step
           break
+      else:
+        self.saver.wait_until_finished()  # The last save, retried if need be.
     finally:
       watch.restore()
       profiler.close()
@@ -174,24 +179,27 @@ class TrainingRun:
           f"saving. The last good checkpoint (step "
           f"{self.manager.latest_step()}) in {self.manager.directory} is "
           "kept.")
-    config = self.config
     # Records up to this step reach the workdir before the checkpoint can:
     # a resume from it never leaves a gap in the metrics.
     self.writer.flush()
-    checkpointing.save(
-        self.manager, step, state_lib.checkpoint_items(state),
-        meta={"step": step, "data_step": step,
-              "epoch": step / self.experiment.steps_per_epoch,
-              "method": config.method, "model": config.model,
-              "dataset": config.dataset,
-              # So that an export needs no dataset files to know them.
-              "image_shape": list(self.experiment.info.image_shape),
-              **({"class_names": list(self.experiment.info.class_names)}
-                 if self.experiment.info.class_names else {}),
-              **dataset_digest.record(self.experiment.info)},
-        metrics=({"eval_top1": self.last_eval["eval_top1"]}
-                 if evaluated else None))
+    self.saver.save(step, lambda: self._save_args(step, state, evaluated))
     self.window.pause += time.time() - t
+
+  def _save_args(self, step: int, state, evaluated: bool
+                 ) -> checkpoint_saver.SaveArgs:
+    """(items, meta, metrics) of the checkpoint of ``state`` at ``step``."""
+    config = self.config
+    meta = {"step": step, "data_step": step,
+            "epoch": step / self.experiment.steps_per_epoch,
+            "method": config.method, "model": config.model,
+            "dataset": config.dataset,
+            # So that an export needs no dataset files to know them.
+            "image_shape": list(self.experiment.info.image_shape),
+            **({"class_names": list(self.experiment.info.class_names)}
+               if self.experiment.info.class_names else {}),
+            **dataset_digest.record(self.experiment.info)}
+    metrics = {"eval_top1": self.last_eval["eval_top1"]} if evaluated else None
+    return state_lib.checkpoint_items(state), meta, metrics
 
   def _summary(self, state, first_step: int, start_time: float
                ) -> dict[str, Any]:

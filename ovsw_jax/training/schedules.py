@@ -111,8 +111,9 @@ def plan_steps(config: ml_collections.ConfigDict, steps_per_epoch: int,
   """Which of the steps ``first_step + 1 .. total_steps`` do what.
 
   The last step always logs, evaluates, saves and (when flips are on)
-  measures flips. Every save and eval step is a log step, since saving needs
-  the losses checked first.
+  measures flips. ``checkpoint_every_steps=0`` saves after each evaluation
+  (and at the end). Every save and eval step is a log step, since saving
+  needs the losses checked first.
   """
   flip_every = (config.log_every_steps if config.flip_stats_every_steps == -1
                 else config.flip_stats_every_steps)
@@ -123,9 +124,11 @@ def plan_steps(config: ml_collections.ConfigDict, steps_per_epoch: int,
   def every(n):
     return _steps_between(n, first_step, total_steps) if n else set()
 
+  evals = every(eval_every)
   plan = StepPlan(log=every(config.log_every_steps),
                   epoch_ends=every(steps_per_epoch), flips=every(flip_every),
-                  evals=every(eval_every), saves=every(save_every))
+                  evals=evals, saves=every(save_every) if save_every
+                  else set(evals))
   if total_steps > first_step:
     for steps in (plan.log, plan.epoch_ends, plan.evals, plan.saves):
       steps.add(total_steps)
