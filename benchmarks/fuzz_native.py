@@ -13,7 +13,9 @@ spliced files of several encoders with random and bad boxes and sizes
 files (`fuzz_packed`), and the kernel's FFI entry on random and bad
 geometries (`fuzz_kernel`). The summary holds the inputs tried, the
 outcomes (refusals by kind), the counts of what must never happen
-(``failures``, all 0 on a clean run), any sanitizer report, and the machine.
+(``failures``, all 0 on a clean run), any sanitizer report, the command,
+the git commit it ran at (``+dirty``: with uncommitted changes) and the
+machine (with the load average at the start and the end).
 A crash or hang names the input to replay (``--seed``, driver, index).
 The CI test (tests/test_native_fuzz.py) is a short run of the same.
 """
@@ -87,10 +89,14 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
   parser.add_argument("--build_dir", default=None,
                       help="a sanitizer build to reuse (its --build-lib)")
   parser.add_argument("--out", default=None)
+  argv = sys.argv[1:] if argv is None else list(argv)
   args = parser.parse_args(argv)
   reason = sanitized_build.unavailable_reason()
   if reason:
     raise SystemExit(reason)
+  provenance = {
+      "command": machine.command_line("benchmarks.fuzz_native", argv),
+      "git_commit": machine.git_commit()}
   with tempfile.TemporaryDirectory() as tmp:
     start = time.time()
     build_lib = args.build_dir or sanitized_build.build(tmp)
@@ -105,6 +111,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
   info.update(loadavg_start=list(load_start), loadavg_end=list(
       os.getloadavg()))
   summary["machine"] = info
+  summary = {**provenance, **summary}
   results.write_json(summary, args.out)
   clean = (summary["returncode"] == 0 and not summary["sanitizer_reports"]
            and not summary["failures"])

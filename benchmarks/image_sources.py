@@ -16,8 +16,10 @@ Ours: native decoder, uint8 out (normalised on the device), batches built
 on demand in the calling thread; train = random resized crop + flip, eval =
 resize 256 + center crop 224. A worker process pinned to one core runs each
 arm alone for ``--rounds`` rounds (odd rounds in reverse order): 2 untimed
-batches, then every batch of the round timed; images/s per core-second is
-what one core of a host feeds::
+batches, then every batch of the round timed; images per core-second is
+what one core of a host feeds. Figures and ratios are of timed images per
+CPU-second they took, over all rounds and round by round (``*_by_round``;
+`per_core`)::
 
   python -m benchmarks.image_sources \\
       --out benchmarks/results/image_sources.json \\
@@ -30,8 +32,6 @@ import argparse
 import functools
 import json
 import os
-from pathlib import Path
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,12 +42,12 @@ import numpy as np
 from benchmarks import input_pipeline
 from benchmarks.lib import jpeg_dataset
 from benchmarks.lib import machine
+from benchmarks.lib import per_core
 from benchmarks.lib import results
 from ovsw_jax import data
 from ovsw_jax.data import prepare
 
 SIZE = input_pipeline.SIZE
-_ROOT = str(Path(__file__).resolve().parents[1])
 NUM_CLASSES = 10
 
 
@@ -109,23 +109,14 @@ def _arms(dirs: dict[str, str], batch: int
 def per_core_worker(dirs: dict[str, str], batch: int, steps: int,
                     rounds: int) -> dict[str, Any]:
   """Every arm alone, `rounds` times, in this (pinned) process."""
-  return input_pipeline.time_rounds(_arms(dirs, batch), batch, steps, rounds)
+  return per_core.time_rounds(_arms(dirs, batch), batch, steps, rounds)
 
 
 def _pinned(dirs: dict[str, str], batch: int, steps: int,
             rounds: int) -> dict[str, Any]:
-  env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3')
-  env['PYTHONPATH'] = os.pathsep.join(
-      p for p in (_ROOT, env.get('PYTHONPATH', '')) if p)
-  cmd = [sys.executable, '-m', 'benchmarks.image_sources',
-         f'--_worker={json.dumps(dirs)}', f'--batch={batch}',
-         f'--_steps={steps}', f'--rounds={rounds}',
-         f'--_pin_cpu={min(os.sched_getaffinity(0))}']
-  proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True,
-                        check=False)
-  if proc.returncode != 0:
-    raise RuntimeError(f'the pinned worker failed (exit {proc.returncode})')
-  return json.loads(proc.stdout.strip().splitlines()[-1])
+  return per_core.run_pinned('benchmarks.image_sources', [
+      f'--_worker={json.dumps(dirs)}', f'--batch={batch}',
+      f'--_steps={steps}', f'--rounds={rounds}'])
 
 
 def run(num_images: int, num_eval: int, batch: int, rounds: int,
@@ -153,11 +144,13 @@ def run(num_images: int, num_eval: int, batch: int, rounds: int,
       for ref in ('tfdata', 'records'):
         a, b = arms.get(f'{ours}_{split}'), arms.get(f'{ref}_{split}')
         if a and b and ours != ref:
-          ratios[f'{split}_{ours}_vs_{ref}'] = (a['images_per_cpu_s'] /
-                                                b['images_per_cpu_s'])
+          ratios[f'{split}_{ours}_vs_{ref}'] = (
+              a['images_per_cpu_s_all_rounds'] /
+              b['images_per_cpu_s_all_rounds'])
+          # Each round's, in the same unit (the arms ran in turn).
           ratios[f'{split}_{ours}_vs_{ref}_by_round'] = [
-              x / y for x, y in zip(a['images_per_s_by_round'],
-                                    b['images_per_s_by_round'])]
+              x / y for x, y in zip(a['images_per_cpu_s_by_round'],
+                                    b['images_per_cpu_s_by_round'])]
   return {'benchmark': 'image_sources',
           'settings': {'num_images': num_images, 'num_eval': num_eval,
                        'batch': batch, 'image_size': SIZE, 'rounds': rounds,
@@ -165,7 +158,11 @@ def run(num_images: int, num_eval: int, batch: int, rounds: int,
                        'generate_s': gen_s, 'prepare_s': prepare_s,
                        'decoder': 'native', 'out': 'uint8'},
           'tensorflow': 'tfdata_train' in arms, 'arms': arms,
-          'ratios': ratios, 'load_1min': pinned['load_1min'],
+          'ratios': ratios,
+          'ratios_unit': 'timed images per CPU-second they took '
+                         '(images_per_cpu_s_all_rounds), and round by round '
+                         '(_by_round: images_per_cpu_s_by_round)',
+          'load_1min': pinned['load_1min'],
           'per_core_cpu_affinity': pinned['cpu_affinity'],
           'machine': machine.machine_info()}
 
@@ -175,19 +172,11 @@ def plot(result: dict[str, Any], path: str) -> None:
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  names = list(result['arms'])
-  vals = [result['arms'][n]['images_per_cpu_s'] for n in names]
-  fig, ax = plt.subplots(figsize=(7, 0.45 * len(names) + 1.4))
-  y = np.arange(len(names))
-  bars = ax.barh(y, vals, 0.6, color=[
-      'tab:orange' if n.startswith('tfdata') else
-      'tab:gray' if n.startswith('tfds') else 'tab:blue' for n in names])
-  ax.bar_label(bars, [f'{v:.0f}' for v in vals], fontsize=8)
-  ax.set_yticks(y, names)
-  ax.invert_yaxis()
-  ax.set_xlabel('images per core-second')
-  ax.set_title(f"one core (pinned), {result['settings']['num_images']} "
-               f"JPEGs -> {SIZE}px, {result['machine']['cpu_model']}")
+  fig, ax = plt.subplots(figsize=(7, 0.45 * len(result['arms']) + 1.4))
+  title = (f"one core (pinned), {result['settings']['num_images']} JPEGs "
+           f"-> {SIZE}px, {result['machine']['cpu_model']}")
+  per_core.bar_chart(ax, result['arms'], title,
+                     key='images_per_cpu_s_all_rounds')
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
@@ -195,24 +184,12 @@ def plot(result: dict[str, Any], path: str) -> None:
 
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--num_images', type=int, default=2000)
-  parser.add_argument('--num_eval', type=int, default=500)
-  parser.add_argument('--batch', type=int, default=32)
-  parser.add_argument('--rounds', type=int, default=4)
+  per_core.add_options(parser)
   parser.add_argument('--work_dir', default=None)
-  parser.add_argument('--out', default=None)
-  parser.add_argument('--plot', default=None, help='PNG path')
-  parser.add_argument('--plot_only', default=None,
-                      help='plot this JSON result and exit')
   parser.add_argument('--_worker', default=None, help=argparse.SUPPRESS)
-  parser.add_argument('--_steps', type=int, default=None,
-                      help=argparse.SUPPRESS)
-  parser.add_argument('--_pin_cpu', type=int, default=None,
-                      help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
+  per_core.pin(args)
   hidden = vars(args)  # The hidden options' names start with '_'.
-  if hidden['_pin_cpu'] is not None:
-    os.sched_setaffinity(0, {hidden['_pin_cpu']})  # before TF or JAX start
   if args.plot_only:
     with open(args.plot_only) as f:
       plot(json.load(f), args.plot)
@@ -222,8 +199,12 @@ def main(argv=None) -> None:
                                      args.batch, hidden['_steps'],
                                      args.rounds)))
     return
+  commit = machine.git_commit()
   result = run(args.num_images, args.num_eval, args.batch, args.rounds,
                args.work_dir)
+  result = {'command': machine.command_line(
+      'benchmarks.image_sources', sys.argv[1:] if argv is None else argv),
+            'git_commit': commit, **result}
   results.write_json(result, args.out)
   if args.plot:
     plot(result, args.plot)

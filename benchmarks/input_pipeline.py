@@ -45,9 +45,6 @@ import functools
 import json
 import math
 import os
-from pathlib import Path
-import subprocess
-import sys
 import tempfile
 import time
 from typing import Any, Callable
@@ -56,6 +53,7 @@ import numpy as np
 
 from benchmarks.lib import jpeg_dataset
 from benchmarks.lib import machine
+from benchmarks.lib import per_core
 from benchmarks.lib import results
 from ovsw_jax import data
 from ovsw_jax.data import augment
@@ -64,8 +62,6 @@ from ovsw_jax.data import native_jpeg
 from ovsw_jax.data import tfds_source
 
 SIZE = 224
-# The repo root: where the per-core worker finds the `benchmarks` package.
-_ROOT = str(Path(__file__).resolve().parents[1])
 
 
 def _ours_train(data_dir: str, batch: int, decoder: str,
@@ -224,77 +220,20 @@ def _arms(data_dir: str, batch: int, decoders: tuple[str, ...],
   return arms
 
 
-def _time_alone(make: Callable[[], Callable[[], Any]], steps: int,
-                warmup: int = 2) -> dict[str, Any]:
-  """Builds an arm, runs `warmup` batches, then times `steps` back to back."""
-  fn = make()
-  for _ in range(warmup):
-    fn()
-  times, c0 = [], time.process_time()
-  t0 = time.perf_counter()
-  for _ in range(steps):
-    t = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t)
-  wall = time.perf_counter() - t0
-  cpu = time.process_time() - c0
-  del fn
-  return {'times': times, 'cpu_utilization': cpu / wall}
-
-
-def time_rounds(arms: dict[str, Callable[[], Callable[[], Any]]], batch: int,
-                steps: int, rounds: int) -> dict[str, Any]:
-  """Every arm alone, `rounds` times (odd rounds in reverse order)."""
-  pooled = {name: {'times': [], 'cpu': [], 'rounds': []} for name in arms}
-  load = []
-  for r in range(rounds):
-    # Odd rounds run the arms in reverse: a drift in the machine's speed
-    # over the run then hits ours and tf.data's arms alike.
-    order = list(arms.items())[::-1 if r % 2 else 1]
-    for name, make in order:
-      load.append(os.getloadavg()[0])
-      o = _time_alone(make, steps)
-      pooled[name]['times'] += o['times']
-      pooled[name]['cpu'].append(o['cpu_utilization'])
-      pooled[name]['rounds'].append(batch / float(np.median(o['times'])))
-  out = {}
-  for name, p in pooled.items():
-    med = float(np.median(p['times']))
-    util = float(np.mean(p['cpu']))
-    out[name] = {'images_per_s': batch / med,
-                 'images_per_cpu_s': batch / med / max(util, 1e-9),
-                 'batch_s_median': med, 'cpu_utilization': util,
-                 'timed_batches': len(p['times']),
-                 # Each round's images/s: the spread across the run.
-                 'images_per_s_by_round': p['rounds']}
-  return {'arms': out, 'load_1min': load,
-          'cpu_affinity': sorted(os.sched_getaffinity(0))}
-
-
 def per_core_worker(data_dir: str, batch: int, decoders: tuple[str, ...],
                     num_eval: int, steps: int, rounds: int) -> dict[str, Any]:
   """Every arm alone, `rounds` times, in this (pinned) process."""
-  return time_rounds(_arms(data_dir, batch, decoders, num_eval), batch,
-                     steps, rounds)
+  return per_core.time_rounds(_arms(data_dir, batch, decoders, num_eval),
+                              batch, steps, rounds)
 
 
 def _per_core(data_dir: str, batch: int, decoders: tuple[str, ...],
               num_eval: int, steps: int, rounds: int) -> dict[str, Any]:
   """`per_core_worker` in a subprocess pinned to one core."""
-  env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3')
-  env['PYTHONPATH'] = os.pathsep.join(
-      p for p in (_ROOT, env.get('PYTHONPATH', '')) if p)
-  cmd = [sys.executable, '-m', 'benchmarks.input_pipeline',
-         f'--_per_core_worker={data_dir}', f'--batch={batch}',
-         f'--decoders={",".join(decoders)}', f'--num_eval={num_eval}',
-         f'--_steps={steps}', f'--rounds={rounds}',
-         f'--_pin_cpu={min(os.sched_getaffinity(0))}']
-  proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True,
-                        check=False)
-  if proc.returncode != 0:
-    raise RuntimeError(f'the per-core worker failed (exit {proc.returncode});'
-                       ' its stderr is above')
-  return json.loads(proc.stdout.strip().splitlines()[-1])
+  return per_core.run_pinned('benchmarks.input_pipeline', [
+      f'--_per_core_worker={data_dir}', f'--batch={batch}',
+      f'--decoders={",".join(decoders)}', f'--num_eval={num_eval}',
+      f'--_steps={steps}', f'--rounds={rounds}'])
 
 
 def fidelity(images: list[bytes], decoders: tuple[str, ...],
@@ -344,7 +283,7 @@ def _threaded(data_dir: str, batch: int, steps: int) -> dict[str, Any]:
         _jpeg_bytes(data_dir, 'train'), batch, True, cores)
   out: dict[str, Any] = {'cores': cores}
   for name, make in arms.items():
-    o = _time_alone(make, steps)
+    o = per_core.time_alone(make, steps)
     med = float(np.median(o['times']))
     out[name] = {'images_per_s': batch / med, 'batch_s_median': med,
                  'cpu_utilization': o['cpu_utilization']}
@@ -411,22 +350,15 @@ def plot(result: dict[str, Any], path: str) -> None:
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  names = list(result['arms'])
-  per_core = [result['arms'][n]['images_per_cpu_s'] for n in names]
   threaded = {k: v for k, v in result['threaded'].items()
               if isinstance(v, dict)}
   fig, (ax1, ax2) = plt.subplots(
-      1, 2, figsize=(12, 0.45 * len(names) + 1.5),
+      1, 2, figsize=(12, 0.45 * len(result['arms']) + 1.5),
       gridspec_kw={'width_ratios': [3, 2]})
-  y = np.arange(len(names))
-  colors = ['tab:orange' if n.startswith('tfdata') else 'tab:blue'
-            for n in names]
-  bars = ax1.barh(y, per_core, 0.6, color=colors)
-  ax1.bar_label(bars, [f'{v:.0f}' for v in per_core], fontsize=8)
-  ax1.set_yticks(y, names)
-  ax1.set_xlabel('images per core-second')
-  ax1.set_title(f"one core (pinned), {result['settings']['num_images']} "
-                f"JPEGs -> {result['settings']['image_size']}px")
+  per_core.bar_chart(
+      ax1, result['arms'],
+      f"one core (pinned), {result['settings']['num_images']} JPEGs -> "
+      f"{result['settings']['image_size']}px")
   y2 = np.arange(len(threaded))
   vals = [v['images_per_s'] for v in threaded.values()]
   bars = ax2.barh(y2, vals, 0.6, color=[
@@ -443,31 +375,18 @@ def plot(result: dict[str, Any], path: str) -> None:
 
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--num_images', type=int, default=2000)
-  parser.add_argument('--num_eval', type=int, default=500)
-  parser.add_argument('--batch', type=int, default=32)
-  parser.add_argument('--rounds', type=int, default=4)
+  per_core.add_options(parser)
   parser.add_argument('--decoders', default=','.join(
       (('native',) if native_jpeg.available() else ()) +
       ('pil_draft', 'simplejpeg')))
   parser.add_argument('--data_dir', default=None)
-  parser.add_argument('--out', default=None)
-  parser.add_argument('--plot', default=None, help='PNG path')
   parser.add_argument('--fidelity_only', action='store_true',
                       help='only compare decoders with PIL (see fidelity)')
-  parser.add_argument('--plot_only', default=None,
-                      help='plot this JSON result and exit')
   # The pinned per-core worker (see `_per_core`).
   parser.add_argument('--_per_core_worker', default=None,
                       help=argparse.SUPPRESS)
-  parser.add_argument('--_steps', type=int, default=None,
-                      help=argparse.SUPPRESS)
-  parser.add_argument('--_pin_cpu', type=int, default=None,
-                      help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
-  if args._pin_cpu is not None:  # pylint: disable=protected-access
-    # Before TensorFlow (imported by its arms) or JAX start thread pools.
-    os.sched_setaffinity(0, {args._pin_cpu})  # pylint: disable=protected-access
+  per_core.pin(args)
   if args.plot_only:
     plot(results_json(args.plot_only), args.plot)
     return

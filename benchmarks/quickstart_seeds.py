@@ -65,16 +65,6 @@ def config_sha256(config: dict[str, Any]) -> str:
   return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def git_commit() -> str:
-  """The checkout's HEAD, with '+dirty' if tracked files differ from it."""
-  def git(*args):
-    return subprocess.run(["git", *args], capture_output=True, text=True,
-                          check=False, cwd=REPO).stdout.strip()
-  return git("rev-parse", "HEAD") + (
-      "+dirty" if git("status", "--porcelain", "--untracked-files=no")
-      else "")
-
-
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--seeds", default="0,1,2,3,4")
@@ -86,7 +76,7 @@ def main(argv=None) -> None:
   args = parser.parse_args(argv)
   from benchmarks.lib import machine  # pylint: disable=g-import-not-at-top
   config = quickstart_config()
-  commit = git_commit()
+  commit = machine.git_commit()
   load_start = os.getloadavg()
   runs = []
   for devices in (int(d) for d in args.device_counts.split(",")):

@@ -12,6 +12,9 @@ import pytest
 
 from ovsw_jax import data
 from ovsw_jax.data import augment
+from ovsw_jax.data import crop_checks
+from ovsw_jax.data import dataset_digest
+from ovsw_jax.data import image_files
 from ovsw_jax.data import imagefolder
 from ovsw_jax.data import manifest
 from ovsw_jax.data import DataNotFoundError
@@ -221,3 +224,99 @@ def test_flat_ilsvrc_val_read_directly(folder, tmp_path):
   assert sorted(zip(la, (x.tobytes() for x in a))) == sorted(
       zip(lb, (x.tobytes() for x in b)))
   assert list(la) == sorted(la)
+
+
+def test_flat_images_beside_class_folders_are_an_unfinished_sort(
+    folder, tmp_path, caplog):
+  d = _copy(folder, tmp_path)
+  val = os.path.join(d, "val")
+  # What --mode=copy leaves: each flat image is also in its class folder.
+  shutil.copy(os.path.join(val, "dog", "dog_0000.bmp"), val)
+  with caplog.at_level(logging.WARNING):
+    assert _source(d).info.num_eval == 6
+  assert "ignored 1 flat images beside the class folders" in caplog.text
+  # An interrupted sort's leftover: in no class folder.
+  os.replace(os.path.join(val, "cat", "cat_0001.JPEG"),
+             os.path.join(val, "cat_0001.JPEG"))
+  msg = _one_line_error(ValueError, "leftover flat images", d)
+  assert os.path.join(val, "cat_0001.JPEG") in msg
+  assert f"python -m ovsw_jax.data.ilsvrc_val --val_dir={val}" in msg
+
+
+def test_an_image_over_the_pixel_limit_says_so_or_is_skipped(
+    folder, tmp_path, monkeypatch):
+  d = _copy(folder, tmp_path)
+  big = os.path.join(d, "train", "dog", "dog_0003.JPEG")
+  # 60,000 pixels; the others have at most 64 x 64.
+  Image.fromarray(np.full((200, 300, 3), 90, np.uint8)).save(big, "JPEG")
+  monkeypatch.setenv(crop_checks.MAX_IMAGE_PIXELS_ENV, "10000")
+  source = _source(d)
+  k = source._examples().train.files.index("dog/dog_0003.JPEG")  # pylint: disable=protected-access
+  with pytest.raises(crop_checks.ImageTooLargeError) as e:
+    source.train_examples(np.array([k]), seed=0, epoch=0)
+  assert not isinstance(e.value, image_files.CorruptImageError)
+  assert big in str(e.value) and "OVSW_MAX_IMAGE_PIXELS" in str(e.value)
+  assert "\n" not in str(e.value)
+  # skip_corrupt's pass over the images applies the decoder's limit...
+  assert _source(d, skip_corrupt=True).info.num_train == 11
+  # ...as it is now: a new limit redoes the cached verdicts.
+  monkeypatch.setenv(crop_checks.MAX_IMAGE_PIXELS_ENV, "100000")
+  assert _source(d, skip_corrupt=True).info.num_train == 12
+
+
+def test_a_png_is_decoded_once_and_a_truncated_one_refused(
+    folder, tmp_path, monkeypatch):
+  source = _source(folder)
+  files = source._examples().train.files  # pylint: disable=protected-access
+  pngs = np.array([k for k, f in enumerate(files) if f.endswith(".png")])
+  assert len(pngs) == 2
+  opened, real_open = [], Image.open
+  monkeypatch.setattr(Image, "open",
+                      lambda *a, **k: opened.append(1) or real_open(*a, **k))
+  source.train_examples(pngs, seed=0, epoch=0)
+  assert len(opened) == len(pngs)  # no decode before the decode
+  monkeypatch.undo()
+  d = _copy(folder, tmp_path)
+  bad = os.path.join(d, "train", "fish", "fish_0000.png")
+  with open(bad, "r+b") as f:
+    f.truncate(os.path.getsize(bad) // 2)
+  source = _source(d)
+  k = source._examples().train.files.index("fish/fish_0000.png")  # pylint: disable=protected-access
+  with pytest.raises(image_files.CorruptImageError) as e:
+    source.train_examples(np.array([k]), seed=0, epoch=0)
+  assert bad in str(e.value) and "skip_corrupt=True" in str(e.value)
+  assert "\n" not in str(e.value)
+
+
+def test_every_process_must_see_the_same_examples(folder, tmp_path):
+  d = _copy(folder, tmp_path)
+  same = _source(d).info
+  assert same.digest == _source(folder).info.digest  # another path
+  source = _source(d)
+  os.remove(os.path.join(d, "train", "dog", "dog_0002.JPEG"))
+  fewer = _source(d).info
+  assert fewer.digest != same.digest and fewer.num_train == 11
+  # A grain worker process lists the folder again: it must find what the
+  # source was built on.
+  imagefolder.examples.cache_clear()
+  with pytest.raises(ValueError, match="the source was built on 12 train") \
+      as e:
+    source.train_examples(np.arange(2), seed=0, epoch=0)
+  assert "\n" not in str(e.value) and fewer.digest[:12] in str(e.value)
+  # Across hosts (here two stand-ins: the rows each would contribute).
+  rows = lambda *infos: lambda _: np.stack([
+      np.array([i.num_train, i.num_eval, *bytes.fromhex(i.digest)])
+      for i in infos])
+  with pytest.raises(ValueError) as e:
+    dataset_digest.check_processes_agree(same, 2, rows(same, fewer))
+  msg = str(e.value)
+  assert "process 0 12 train / 6 eval examples" in msg, msg
+  assert f"process 1 11 train / 6 eval examples, digest {fewer.digest[:12]}" \
+      in msg and "\n" not in msg
+  dataset_digest.check_processes_agree(same, 2, rows(same, same))
+  dataset_digest.check_processes_agree(fewer, 1, None)  # one process: no-op
+  # A checkpoint records it; a resume on other data is told what changed.
+  meta = {"step": 5, **dataset_digest.record(same)}
+  assert dataset_digest.change_since(meta, same) is None
+  msg = dataset_digest.change_since(meta, fewer)
+  assert "then 12 train / 6 eval examples" in msg and "now 11 train" in msg

@@ -1,7 +1,8 @@
 """Own data end to end: train.py on an image folder (every val image counted
-once, classes recorded, a SIGKILL then a rerun bitwise equal to a straight
-run), its export and evaluation with no option repeated, a run on the
-prepared records, and train.py --help listing every dataset's options."""
+once, classes and the examples' digest recorded, a SIGKILL then a rerun
+bitwise equal to a straight run), its export and evaluation with no option
+repeated, a run on the prepared records, and train.py --help listing every
+dataset's options."""
 
 import json
 import os
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 
 from ovsw_jax import data
+from ovsw_jax.data import dataset_digest
 from ovsw_jax.data import prepare
 from ovsw_jax.deploy import cli
 from ovsw_jax.deploy import format as format_lib
@@ -92,6 +94,16 @@ def test_sigkill_then_rerun_is_bitwise_the_straight_run(runs):
   assert step_a == step_b == STEPS
   for (path, x), (_, y) in zip(all_leaves(a), all_leaves(b)):
     np.testing.assert_array_equal(x, y, err_msg=str(path))
+
+
+def test_checkpoints_record_which_examples_they_were_trained_on(runs):
+  with open(os.path.join(runs["killed"], "checkpoints", str(STEPS), "meta",
+                         "metadata")) as f:  # orbax's JsonSave
+    meta = json.load(f)
+  info = data.get_dataset_info("imagefolder", runs["folder"], image_size=16)
+  assert meta["dataset_digest"] == {"digest": info.digest, "num_train": 12,
+                                    "num_eval": 6}
+  assert dataset_digest.change_since(meta, info) is None
 
 
 def test_export_and_evaluate_need_no_repeated_options(runs, capsys):

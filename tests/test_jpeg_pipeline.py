@@ -139,6 +139,13 @@ def test_input_pipeline_benchmark_tiny(tmp_path):
   assert len(r['per_core_cpu_affinity']) == 1
   for name, a in arms.items():
     assert a['timed_batches'] == 4 and len(a['images_per_s_by_round']) == 2
+    # Per core-second, exactly: per round, and over all rounds (a weighted
+    # mean of the rounds').
+    by_round = a['images_per_cpu_s_by_round']
+    assert len(by_round) == 2 and all(c > 0 for c in by_round)
+    assert min(by_round) <= a['images_per_cpu_s_all_rounds'] <= max(by_round)
+    assert a['images_per_cpu_s_all_rounds'] == pytest.approx(
+        2 / sum(1 / c for c in by_round))
     assert a['images_per_s'] == pytest.approx(4 / a['batch_s_median'])
     assert a['cpu_utilization'] <= 1.05
     assert a['images_per_cpu_s'] == pytest.approx(

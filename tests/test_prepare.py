@@ -1,21 +1,17 @@
 """prepare: image folder or ILSVRC2012 tars -> array_record shards; the
-image_records dataset reads them as the folder's examples; the ILSVRC2012
-validation label files and the sorting command."""
+image_records dataset reads them as the folder's examples."""
 
-import io
 import json
 import multiprocessing
 import os
 import shutil
 import signal
-import tarfile
 import time
 
 import numpy as np
 import pytest
 
 from ovsw_jax import data
-from ovsw_jax.data import ilsvrc_val
 from ovsw_jax.data import image_records
 from ovsw_jax.data import imagefolder
 from ovsw_jax.data import prepare
@@ -224,57 +220,71 @@ def test_corrupt_image_stops_prepare_or_is_skipped(inputs, tmp_path, capsys):
   assert prepare.main(args + ["--skip_corrupt"]) == 0
   info = json.load(open(tmp_path / "out" / image_records.INFO_FILE))  # pylint: disable=consider-using-with
   assert info["splits"]["train"]["class_counts"] == [4, 4, 3]
+  skipped = info["splits"]["train"]["skipped_corrupt"]
+  assert list(skipped) == ["fish/fish_0002.JPEG"], skipped
+  assert "Truncated" in skipped["fish/fish_0002.JPEG"]
+  # Rerun without --skip_corrupt: the shard that skipped it is not reused.
+  assert prepare.main(args) == 1
+  assert bad in capsys.readouterr().err
 
 
-def _devkit(path, wnids, ids_per_image):
-  """A tiny ILSVRC2012_devkit_t12.tar.gz: meta.mat + the ground truth."""
-  from scipy import io as sio  # pylint: disable=g-import-not-at-top
-  dt = [("ILSVRC2012_ID", "O"), ("WNID", "O"), ("num_children", "O")]
-  # IDs in an order unlike the sorted names; one non-leaf synset.
-  synsets = np.array([(i + 1, w, 0) for i, w in enumerate(wnids)] +
-                     [(99, "n00000000", 3)], dtype=dt)
-  meta = io.BytesIO()
-  sio.savemat(meta, {"synsets": synsets})
-  with tarfile.open(path, "w:gz") as tar:
-    for name, blob in (("meta.mat", meta.getvalue()),
-                       (ilsvrc_val.GROUND_TRUTH, "\n".join(
-                           map(str, ids_per_image)).encode())):
-      info = tarfile.TarInfo(f"ILSVRC2012_devkit_t12/data/{name}")
-      info.size = len(blob)
-      tar.addfile(info, io.BytesIO(blob))
+def test_a_file_replaced_in_place_is_written_again(inputs, tmp_path, capsys):
+  src = str(tmp_path / "src")
+  shutil.copytree(inputs["folder"], src,
+                  ignore=shutil.ignore_patterns(".ovsw_jax"))
+  out = str(tmp_path / "out")
+  prepare.prepare(out, data_dir=src, examples_per_shard=PER_SHARD,
+                  processes=1)
+  before = _files(out)
+  # Overwritten where it is (its folder's time does not change), with
+  # another image of another size.
+  changed = os.path.join(src, "train", "cat", "cat_0000.JPEG")
+  new = folder_data.images("val")[2][2]
+  assert len(new) != os.path.getsize(changed)
+  with open(changed, "wb") as f:
+    f.write(new)
+  capsys.readouterr()
+  prepare.prepare(out, data_dir=src, examples_per_shard=PER_SHARD,
+                  processes=1)
+  assert "4 of 5 shards already written; writing 1" in capsys.readouterr().out
+  after = _files(out)
+  assert [k for k in after if after[k] != before[k]] == [
+      "train-00000-of-00003.array_record"]
+  values, _, _ = data.get_source("image_records", out).encoded(
+      "train", np.arange(1))
+  assert values == [new]
 
 
-def test_every_label_file_format_and_the_sort_command(tmp_path):
-  names = [folder_data.val_file_name(k) for k in range(4)]
-  classes = ["n01", "n02", "n03"]
-  truth = ["n02", "n01", "n03", "n02"]
-  files = {
-      "plain.txt": "\n".join(truth),
-      "caffe.txt": "\n".join(f"{n} {classes.index(c)}"
-                             for n, c in zip(names, truth)),
-      "kaggle.csv": "ImageId,PredictionString\n" + "\n".join(
-          f"{n[:-5]},{c} 1 2 3 4" for n, c in zip(names, truth)),
-  }
-  for fname, text in files.items():
-    (tmp_path / fname).write_text(text)
-  devkit = str(tmp_path / "ILSVRC2012_devkit_t12.tar.gz")
-  order = ["n03", "n01", "n02"]  # ILSVRC2012_ID 1, 2, 3
-  _devkit(devkit, order, [order.index(c) + 1 for c in truth])
-  for path in [str(tmp_path / f) for f in files] + [devkit]:
-    got = ilsvrc_val.resolve(ilsvrc_val.read_labels(path, names), names,
-                             classes, path)
-    assert got == [classes.index(c) for c in truth], path
-  with pytest.raises(ValueError, match="not a label file"):
-    (tmp_path / "bad.txt").write_text("a b c\n")
-    ilsvrc_val.read_labels(str(tmp_path / "bad.txt"), names)
+def test_input_arguments_say_what_was_given(inputs, tmp_path):
+  with pytest.raises(ValueError, match="neither was given"):
+    prepare.prepare(str(tmp_path))
+  with pytest.raises(ValueError, match=f"both --data_dir={inputs['folder']} "
+                     f"and --train_tar={inputs['train_tar']} were given"):
+    prepare.prepare(str(tmp_path), data_dir=inputs["folder"],
+                    train_tar=inputs["train_tar"])
 
-  val = tmp_path / "val"
-  val.mkdir()
-  for n in names:
-    (val / n).write_bytes(folder_data.images("val")[0][2])
-  assert ilsvrc_val.main([f"--val_dir={val}", f"--labels={devkit}"]) == 0
-  assert sorted(os.listdir(val)) == classes
-  assert sorted(os.listdir(val / "n02")) == [names[0], names[3]]
-  # Idempotent: a rerun (nothing left flat) changes nothing.
-  assert ilsvrc_val.main([f"--val_dir={val}", f"--labels={devkit}"]) == 0
-  assert sorted(os.listdir(val / "n02")) == [names[0], names[3]]
+
+def test_a_damaged_record_is_named_with_its_shard(prepared):
+  out, _ = prepared
+  source = data.get_source("image_records", out, image_size=SIZE)
+  where = source.record_where("train", 7)
+  assert where == (f"{os.path.join(out, 'train-00001-of-00003.array_record')}"
+                   " record 2")
+  good = image_records.encode_record(1, "dog/x.JPEG", b"\xff\xd8\xff")
+  assert image_records.decode_record(good, where) == (1, "dog/x.JPEG",
+                                                      b"\xff\xd8\xff")
+  head = good[:10]
+  for bad in (good[:5], head[:8] + b"\x40\x00" + b"ab",
+              head[:8] + b"\x02\x00" + b"\xc3(", b"JPEG" + good[4:]):
+    with pytest.raises(ValueError) as e:
+      image_records.decode_record(bad, where)
+    msg = str(e.value)
+    assert msg.startswith(where) and "\n" not in msg, msg
+    assert "python -m ovsw_jax.data.prepare" in msg, msg
+
+
+def test_a_name_too_long_for_a_record_is_cut_between_characters():
+  name = "é" * 40000  # 80,000 bytes of UTF-8
+  _, got, data_ = image_records.decode_record(
+      image_records.encode_record(0, name, b"img"))
+  assert got == "é" * 32767 and data_ == b"img"

@@ -9,7 +9,9 @@
   parts; per-op times from a `jax.profiler` trace);
 * `deploy_files`, `deploy_latency`: the deploy benchmark's model files and
   its batch-1 latency workers;
-* `machine`: the machine and versions a result was measured on;
+* `machine`: the machine, versions and git commit a result was measured on;
+* `per_core`: the per-core image benchmarks' options, pinned worker, timing
+  rounds and bar chart (input_pipeline, image_sources);
 * `results`: JSON output;
 * `torch_reference`, `torch_step`: the reference's models and training step
   in PyTorch (the tests use them too). Only these two import torch.

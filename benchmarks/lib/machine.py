@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import os
 import platform
+import shlex
 import shutil
 import subprocess
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import jax
+
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
 
 # The CPU features XLA:CPU's kernels dispatch on (x86 SIMD widths, AMX; ARM's
 # NEON / SVE), as /proc/cpuinfo names them.
@@ -75,3 +79,18 @@ def cpu_simd_flags() -> list[str]:
   """The CPU's SIMD feature flags (see `SIMD_FLAG_PREFIXES`), sorted."""
   flags = (_cpuinfo_field("flags", "Features") or "").split()
   return sorted(f for f in set(flags) if f.startswith(SIMD_FLAG_PREFIXES))
+
+
+def git_commit() -> str:
+  """The checkout's HEAD, with '+dirty' if tracked files differ from it."""
+  def git(*args):
+    return subprocess.run(["git", *args], capture_output=True, text=True,
+                          check=False, cwd=_REPO).stdout.strip()
+  return git("rev-parse", "HEAD") + (
+      "+dirty" if git("status", "--porcelain", "--untracked-files=no")
+      else "")
+
+
+def command_line(module: str, argv: Sequence[str]) -> str:
+  """How to run this again: ``python -m <module> <argv...>``, shell-quoted."""
+  return shlex.join(["python", "-m", module, *argv])

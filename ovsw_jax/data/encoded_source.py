@@ -9,19 +9,24 @@ become RGB (as torchvision's loader's ``convert('RGB')``).
 
 A file whose bytes do not decode raises `image_files.CorruptImageError`
 naming it (a truncated JPEG included, which libjpeg would quietly fill with
-grey: `image_files.check_image`).
+grey: `image_files.check_image`; other formats are decoded once, by PIL,
+which refuses truncated data); one over the pixel limit raises
+`crop_checks.ImageTooLargeError` naming it and the limit's setting.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, Sequence
 
 import numpy as np
 
+from ovsw_jax.data import crop_checks
 from ovsw_jax.data import image_files
 from ovsw_jax.data import imagenet_transform
 from ovsw_jax.data import jpeg
 from ovsw_jax.data.source import DatasetInfo
+from ovsw_jax.data.source import check_channels
 
 TRAIN, EVAL = 'train', 'eval'
 IMAGENET_MEAN = imagenet_transform.IMAGENET_MEAN
@@ -53,6 +58,40 @@ class EncodedImageSource:
   # thread per core (the decoders release the GIL).
   decode_bound = True
 
+  @classmethod
+  def create(cls, name: str, size: tuple[int, int],
+             class_names: Sequence[str], num_train: int, num_eval: int, *,
+             mean: Sequence[float], std: Sequence[float], augment: bool,
+             min_scale: float, lighting: float, decoder: str,
+             device_normalize: bool, digest: str | None = None,
+             **fields: Any) -> 'EncodedImageSource':
+    """A source of `size` RGB images with these classes and counts.
+
+    Args:
+      name: the dataset's name, for the info and messages.
+      size: the output (height, width), as `tfds_options.output_size`
+        checks it.
+      class_names: the class names, in label order.
+      num_train, num_eval: the splits' example counts.
+      mean, std: per-channel statistics (one value or three).
+      augment, min_scale, lighting, decoder, device_normalize: as the
+        attributes (decoder resolved: `tfds_options.check_image_options`).
+      digest: which examples these are (`dataset_digest`).
+      **fields: the subclass's own fields.
+
+    Raises:
+      ValueError: mean or std without one value or three.
+    """
+    info = DatasetInfo(
+        name=name, num_classes=len(class_names), image_shape=(*size, 3),
+        num_train=int(num_train), num_eval=int(num_eval),
+        mean=check_channels(name, mean, 3, 'mean'),
+        std=check_channels(name, std, 3, 'std'),
+        class_names=tuple(class_names), digest=digest)
+    return cls(info=info, augment=bool(augment), min_scale=float(min_scale),
+               lighting=float(lighting), decoder=decoder,
+               device_normalize=bool(device_normalize), **fields)
+
   def encoded(self, split: str, indices: np.ndarray
               ) -> tuple[list[bytes], list[str], np.ndarray]:
     """(encoded images, names for messages, int32 labels) of `split`'s
@@ -67,6 +106,11 @@ class EncodedImageSource:
       try:
         return jpeg.decode_crop_resize(values[k], box_fn, out_hw,
                                        self.decoder)
+      except crop_checks.ImageTooLargeError as e:
+        # Not corrupt: its own advice (the pixel limit), and the file.
+        raise crop_checks.ImageTooLargeError(
+            f'{names[k]}: {e}; or set {self.corrupt_option}=True to skip '
+            'such images') from e
       except (OSError, ValueError, SyntaxError) as e:
         raise image_files.CorruptImageError(image_files.corrupt_message(
             names[k], f'{type(e).__name__}: {e}', self.corrupt_option)) from e

@@ -7,7 +7,11 @@ from a label file, `ilsvrc_val`). Class folders are searched recursively and
 their images taken in torchvision ``ImageFolder``'s order: class by sorted
 folder name, then ``sorted(os.walk(...))``'s order (by sub-folder path, then
 file name). Hidden names (starting with ".") are skipped; other files
-without an image extension are not images: ignored, and counted.
+without an image extension are not images: ignored, and counted. Images
+directly in a split folder that has class folders are what
+``ilsvrc_val --mode=copy`` (or ``symlink``) leaves: ignored and counted when
+each is also in a class folder, refused (as an interrupted sort's
+leftovers) when one is not.
 
 Local folders are walked with `os.scandir`; any other URL (``gs://...``)
 through fsspec (the ``[gcs]`` extra), which lists a whole bucket prefix in
@@ -39,6 +43,10 @@ class SplitListing:
     sizes: each image's size in bytes.
     non_images: how many files were not images (ignored).
     non_image_example: one of them (relative path), for the message.
+    loose_images: images directly in `root` beside class folders (ignored:
+      what `ilsvrc_val --mode=copy` leaves), each also in a class folder.
+    unsorted: those in no class folder (an interrupted sort's leftovers:
+      `check_listing` refuses them), and one of them.
     dir_mtimes: relative folder ('' for root) -> mtime in ns; local only.
   """
   root: str
@@ -48,6 +56,9 @@ class SplitListing:
   sizes: list[int]
   non_images: int = 0
   non_image_example: str | None = None
+  loose_images: int = 0
+  unsorted: int = 0
+  unsorted_example: str | None = None
   dir_mtimes: dict[str, int] | None = None
 
   @property
@@ -143,29 +154,36 @@ def list_split(root: str, what: str) -> SplitListing:
                             'docs/imagefolder.md for the layout') from e
   classes = tuple(sorted(f for f in folders if '/' not in f))
   index = {c: i for i, c in enumerate(classes)}
-  kept, non_images = [], []
+  kept, non_images, loose = [], [], []
   for rel, size in files:
     top = rel.split('/')[0]
     in_class = '/' in rel and top in index
     if image_files.is_image_name(rel) and (in_class or not classes):
       kept.append((index[top] if in_class else 0, posixpath.dirname(rel),
                    posixpath.basename(rel), size))
+    elif image_files.is_image_name(rel) and '/' not in rel:
+      loose.append(rel)  # beside the class folders
     else:
       non_images.append(rel)
   kept.sort()  # ImageFolder's order: class, sub-folder path, file name.
+  sorted_names = {f for _, _, f, _ in kept}
+  unsorted = sorted(n for n in loose if n not in sorted_names)
   listing = SplitListing(
       root=root, classes=classes,
       files=[posixpath.join(d, f) if d else f for _, d, f, _ in kept],
       class_index=[c for c, _, _, _ in kept], sizes=[s for *_, s in kept],
       non_images=len(non_images),
       non_image_example=min(non_images) if non_images else None,
+      loose_images=len(loose) - len(unsorted), unsorted=len(unsorted),
+      unsorted_example=unsorted[0] if unsorted else None,
       dir_mtimes=mtimes)
   check_listing(listing, what)
   return listing
 
 
 def check_listing(listing: SplitListing, what: str) -> None:
-  """Raises naming the folder when there are no images or an empty class."""
+  """Raises naming the folder when there are no images, images beside the
+  class folders in none of them, or an empty class."""
   root = listing.root
   if not listing.files:
     ignored = (f'; {listing.non_images} non-image files were ignored, e.g. '
@@ -176,6 +194,14 @@ def check_listing(listing: SplitListing, what: str) -> None:
         f'{join(root, "<class>/<image>.jpg")}, one folder per class, with '
         f'one of the extensions {", ".join(image_files.IMAGE_EXTENSIONS)})'
         f'{ignored}')
+  if listing.unsorted:
+    raise ValueError(
+        f'{what}: {root} holds {listing.unsorted} images beside its class '
+        'folders and in none of them, e.g. '
+        f'{join(root, listing.unsorted_example)}: leftover flat images of '
+        'an interrupted sort? Finish it: python -m ovsw_jax.data.ilsvrc_val '
+        f'--val_dir={root} --labels=<the same label file>; otherwise move '
+        'them into their class folders, or delete them')
   counts = class_counts(listing)
   empty = [c for c, n in zip(listing.classes, counts) if n == 0]
   if empty:

@@ -23,8 +23,14 @@ the imagefolder dataset), or sort it into class folders once::
 
 Sorting moves (or copies, or links) each image to
 ``val_dir/<class>/<file>``; run again after an interruption, it finishes
-the job (files already in place are skipped). Copied or linked, the flat
-files stay, and the imagefolder dataset ignores them (and counts them).
+the job: labels in image order are matched by the number in each file's
+name (line k labels ``ILSVRC2012_val_<k>``), never by a file's position in
+what is left flat; the label file must label exactly the images, flat and
+already sorted (a count that differs is refused); each image is placed
+whole (a copy or link goes to a hidden temporary file first), and an image
+already sorted into the wrong folder is refused, naming it. Copied or
+linked, the flat files stay, and the imagefolder dataset ignores them (and
+counts them).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import argparse
 import io
 import os
 import posixpath
+import re
 import shutil
 import sys
 import tarfile
@@ -43,6 +50,7 @@ from ovsw_jax.data import image_files
 GROUND_TRUTH = 'ILSVRC2012_validation_ground_truth.txt'
 META = 'meta.mat'
 Label = str | int  # a class name, or an index into the sorted classes
+_VAL_NAME = re.compile(r'ILSVRC2012_val_(\d{8})')
 
 
 def _stem(name: str) -> str:
@@ -83,24 +91,72 @@ def _devkit_labels(ground_truth: bytes, meta: bytes) -> list[str]:
   return [wnid[int(line)] for line in ground_truth.decode().split()]
 
 
-def read_labels(path: str, file_names: Sequence[str]) -> dict[str, Label]:
+def _by_number(path: str, labels: Sequence[str],
+               file_names: Sequence[str]) -> dict[str, Label]:
+  """Labels listed in image order: line k labels ILSVRC2012_val_<k>.
+
+  Keyed by the number in each name, never by a file's position in a listing,
+  so any subset of the images (what an interrupted sort left flat) gets its
+  own labels.
+  """
+  odd = next((n for n in file_names if not _VAL_NAME.fullmatch(_stem(n))),
+             None)
+  if odd is not None:
+    raise ValueError(
+        f'{path} lists labels in image order (line k labels '
+        f'ILSVRC2012_val_<k>), but {odd} is not named ILSVRC2012_val_<8 '
+        'digits>; keep the official names, or pass a "<file> <label>" '
+        'label file')
+  return {f'ILSVRC2012_val_{k:08d}': label
+          for k, label in enumerate(labels, 1)}
+
+
+def _check_count(path: str, labels: dict[str, Label],
+                 file_names: Sequence[str], where: str) -> None:
+  if len(labels) != len(file_names):
+    raise ValueError(
+        f'{path} has {len(labels)} labels but {where} holds '
+        f'{len(file_names)} images; pass the label file of exactly these '
+        'images, or restore the missing ones (ILSVRC2012\'s validation set '
+        'is 50,000 images with 50,000 labels)')
+
+
+def read_labels(path: str, file_names: Sequence[str],
+                where: str = 'the folder') -> dict[str, Label]:
   """Each validation image's label, by file stem (name without extension).
+
+  Label files that list labels alone, in image order (the devkit, one
+  class per line), are matched by the number in each image's name: line k
+  is ``ILSVRC2012_val_<k>``'s label.
 
   Args:
     path: a label file or the devkit (module docstring).
-    file_names: the flat folder's image names, sorted: the order of files
-      whose label file lists labels alone.
+    file_names: every image the labels are for (any order).
+    where: what holds the images, for messages.
+
+  Returns:
+    {file stem: class name or class index}.
 
   Raises:
     FileNotFoundError: no such file.
-    ValueError: a file this cannot read, naming the formats it reads.
+    ValueError: a file this cannot read (naming the formats it reads), a
+      label count unlike the image count, or, for a label file in image
+      order, an image not named ``ILSVRC2012_val_<8 digits>``.
   """
   if not os.path.exists(path):
     raise FileNotFoundError(f'eval_labels={path} does not exist; pass the '
                             'ILSVRC2012 devkit or a validation label file')
   devkit = _devkit_files(path)
   if devkit is not None:
-    return dict(zip(map(_stem, sorted(file_names)), _devkit_labels(*devkit)))
+    labels = _by_number(path, _devkit_labels(*devkit), file_names)
+  else:
+    labels = _read_text_labels(path, file_names)
+  _check_count(path, labels, file_names, where)
+  return labels
+
+
+def _read_text_labels(path: str,
+                      file_names: Sequence[str]) -> dict[str, Label]:
   with open(path, encoding='utf-8') as f:
     lines = [l.strip() for l in f if l.strip()]
   if lines and lines[0].lower().startswith('imageid,'):
@@ -108,7 +164,7 @@ def read_labels(path: str, file_names: Sequence[str]) -> dict[str, Label]:
             for l in lines[1:]}
   pairs = [l.replace(',', ' ').split() for l in lines]
   if all(len(p) == 1 for p in pairs):
-    return dict(zip(map(_stem, sorted(file_names)), (p[0] for p in pairs)))
+    return _by_number(path, [p[0] for p in pairs], file_names)
   if all(len(p) == 2 for p in pairs):
     return {_stem(p[0]): int(p[1]) if p[1].isdigit() else p[1]
             for p in pairs}
@@ -146,34 +202,105 @@ def resolve(labels: dict[str, Label], names: Sequence[str],
   return out
 
 
+def _images_in(folder: str) -> list[str]:
+  return sorted(n for n in os.listdir(folder)
+                if image_files.is_image_name(n) and not n.startswith('.')
+                and os.path.isfile(os.path.join(folder, n)))
+
+
+def _sorted_images(val_dir: str) -> list[tuple[str, str]]:
+  """(class folder, image name) of the images already sorted."""
+  return [(d, n) for d in sorted(os.listdir(val_dir))
+          if not d.startswith('.') and os.path.isdir(os.path.join(val_dir, d))
+          for n in _images_in(os.path.join(val_dir, d))]
+
+
+def _class_of(labels: dict[str, Label], name: str, labels_path: str,
+              classes: Sequence[str] | None) -> str:
+  label = labels.get(_stem(name))
+  if label is None:
+    raise ValueError(f'{labels_path} has no label for {name}; pass the '
+                     'label file of these images (the devkit, or a label '
+                     'file that lists every one of them)')
+  if isinstance(label, int):
+    if classes is None:
+      raise ValueError(f'{labels_path} gives class indices: pass '
+                       '--classes_from=<train folder> to name them')
+    if not 0 <= label < len(classes):
+      raise ValueError(f'{labels_path}: label {label} of {name} is not an '
+                       f'index of the {len(classes)} class folders of '
+                       '--classes_from; pass the train folder of this '
+                       'dataset')
+    return classes[label]
+  return label
+
+
+def _place(val_dir: str, name: str, label: str, mode: str) -> None:
+  """Puts one flat image in its class folder, whole or not at all."""
+  src = os.path.join(val_dir, name)
+  folder = os.path.join(val_dir, label)
+  dst = os.path.join(folder, name)
+  os.makedirs(folder, exist_ok=True)
+  if mode == 'move':
+    os.replace(src, dst)  # atomic; replaces a copy of an earlier run
+    return
+  if os.path.lexists(dst) and (
+      mode == 'symlink' or os.path.getsize(dst) == os.path.getsize(src)):
+    return  # done by an earlier run
+  # Written beside it, then renamed: a killed run leaves a hidden file (the
+  # dataset ignores it; a rerun overwrites it), never a cut-short image.
+  tmp = os.path.join(folder, f'.{name}.partial')
+  if mode == 'copy':
+    shutil.copy2(src, tmp)
+  else:
+    if os.path.lexists(tmp):
+      os.remove(tmp)
+    os.symlink(os.path.abspath(src), tmp)
+  os.replace(tmp, dst)
+
+
 def sort_into_classes(val_dir: str, labels_path: str, mode: str = 'move',
                       classes: Sequence[str] | None = None) -> dict[str, int]:
   """Moves (copies, links) each flat val image into ``val_dir/<class>/``.
 
+  Safe to rerun after an interruption: labels are matched to images by
+  name (or number), the images already in class folders count towards the
+  label file's, and each image is placed whole (moved by rename; copied or
+  linked to a temporary file, then renamed).
+
+  Args:
+    val_dir: the validation folder.
+    labels_path: the devkit or a label file (`read_labels`).
+    mode: 'move', 'copy' or 'symlink'.
+    classes: the class folder names, for label files that give indices.
+
   Returns:
     Images per class folder.
+
+  Raises:
+    ValueError: the labels do not fit the images (`read_labels`), or an
+      image already sorted lies in a class folder other than its label's.
   """
-  names = sorted(n for n in os.listdir(val_dir)
-                 if image_files.is_image_name(n) and not n.startswith('.')
-                 and os.path.isfile(os.path.join(val_dir, n)))
-  labels = read_labels(labels_path, names)
+  flat = _images_in(val_dir)
+  done = _sorted_images(val_dir)
+  names = sorted(set(flat) | {n for _, n in done})
+  labels = read_labels(labels_path, names,
+                       f'{val_dir} (flat and in class folders)')
+  target = {n: _class_of(labels, n, labels_path, classes) for n in names}
+  wrong = [(d, n) for d, n in done if target[n] != d]
+  if wrong:
+    d, n = wrong[0]
+    raise ValueError(
+        f'{os.path.join(val_dir, d, n)} is in the wrong class folder: '
+        f'{labels_path} labels it {target[n]} ({len(wrong)} images are '
+        'misfiled, e.g. by an earlier version of this command resumed after '
+        'an interruption); extract the flat folder again and sort it, or '
+        'move them to their labelled folders')
+  for name in flat:
+    _place(val_dir, name, target[name], mode)
   counts: dict[str, int] = {}
   for name in names:
-    label = labels.get(_stem(name))
-    if label is None:
-      raise ValueError(f'{labels_path} has no label for {name}')
-    if isinstance(label, int):
-      if classes is None:
-        raise ValueError(f'{labels_path} gives class indices: pass '
-                         '--classes_from=<train folder> to name them')
-      label = classes[label]
-    os.makedirs(os.path.join(val_dir, label), exist_ok=True)
-    src, dst = os.path.join(val_dir, name), os.path.join(val_dir, label, name)
-    if not os.path.exists(dst):  # a rerun skips what is done
-      {'move': os.replace, 'copy': shutil.copy2,
-       'symlink': lambda s, d: os.symlink(os.path.abspath(s), d)}[mode](
-           src, dst)
-    counts[label] = counts.get(label, 0) + 1
+    counts[target[name]] = counts.get(target[name], 0) + 1
   return counts
 
 

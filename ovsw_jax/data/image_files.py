@@ -6,17 +6,21 @@ spellings); anything else under a class folder is not an image: it is
 ignored and counted. Names starting with "." (``.DS_Store``,
 ``.ipynb_checkpoints``) are hidden and ignored.
 
-A file with an image extension whose bytes do not decode is corrupt.
-`check_image` decides that cheaply for the common case, a JPEG that ends
-with its end-of-image marker, and otherwise by decoding it fully with PIL,
-which refuses truncated data (the native crop decoder, like libjpeg, would
-quietly fill a truncated JPEG's missing rows with grey).
+A file with an image extension whose bytes do not decode, or that is over
+the decoders' pixel limit (`crop_checks`), is corrupt. `check_image`, run
+before each decode, only looks at JPEGs: one that ends with its end-of-image
+marker passes; one that does not is decoded fully with PIL, which refuses
+truncated data (the native crop decoder, like libjpeg, would quietly fill a
+truncated JPEG's missing rows with grey). Other formats are decoded by PIL
+anyway, which refuses truncated data itself.
 """
 
 from __future__ import annotations
 
 import io
 import os
+
+from ovsw_jax.data import crop_checks
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.jpe', '.jfif', '.png', '.ppm', '.pgm',
                     '.pbm', '.bmp', '.gif', '.tif', '.tiff', '.webp')
@@ -51,22 +55,26 @@ def image_problem(data: bytes, thorough: bool = False) -> str | None:
   Args:
     data: the file's bytes.
     thorough: decode every image with PIL (JPEGs at 1/8 scale: every
-      coefficient is still read). False: a JPEG that ends with its
-      end-of-image marker passes without decoding (the pipeline decodes it
-      next anyway), anything else is decoded.
+      coefficient is still read), after checking its size against the
+      pixel limit. False: only a JPEG without its end-of-image marker is
+      decoded; anything else passes (the pipeline decodes it next anyway:
+      PIL refuses other formats' truncated data itself, and every decoder
+      refuses an image over the limit).
   """
   if not data:
     return 'the file is empty'
-  if not thorough and _is_jpeg(data) and _ends_with_eoi(data):
+  if not thorough and not (_is_jpeg(data) and not _ends_with_eoi(data)):
     return None
   from PIL import Image  # pylint: disable=g-import-not-at-top
   try:
     with Image.open(io.BytesIO(data)) as img:
+      crop_checks.check_image_size(img.size[1], img.size[0])
       if img.format == 'JPEG':
         img.draft('RGB', (max(1, img.size[0] // 8), max(1, img.size[1] // 8)))
       img.load()
   except Exception as e:  # pylint: disable=broad-except
     # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
+    # and the limit ImageTooLargeError.
     return f'{type(e).__name__}: {e}'
   return None
 
@@ -80,7 +88,9 @@ def corrupt_message(path: str, problem: str, option: str) -> str:
 
 def check_image(data: bytes, path: str,
                 option: str = 'dataset_options.skip_corrupt') -> None:
-  """Raises `CorruptImageError` naming `path` when `data` is not whole."""
+  """Raises `CorruptImageError` naming `path` when `data` is empty or a JPEG
+  that is not whole (`image_problem`; other formats are left to PIL's
+  decode that follows, which refuses truncated data itself)."""
   problem = image_problem(data)
   if problem is not None:
     raise CorruptImageError(corrupt_message(path, problem, option))

@@ -8,8 +8,9 @@
 
 Each record is one example: ``b'OVR1'``, the label (int32, little-endian),
 the length of the image's name (uint16) and the name (UTF-8: its path in
-the image folder or archive, for messages), then the image file's bytes as
-they were (JPEG, PNG, ...). Records are in ImageFolder's order (class, then
+the image folder or archive, for messages; cut at 65,535 bytes, between
+characters), then the image file's bytes as they were (JPEG, PNG, ...). A
+record that is not whole is refused naming its shard and index. Records are in ImageFolder's order (class, then
 path), so example ``i`` here is example ``i`` of the image folder it was
 prepared from, and both datasets give the same batches for a seed.
 
@@ -30,11 +31,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ovsw_jax.data import dataset_digest
 from ovsw_jax.data import encoded_source
 from ovsw_jax.data import folder_listing
 from ovsw_jax.data import tfds_options
-from ovsw_jax.data.source import DataNotFoundError, DatasetInfo
-from ovsw_jax.data.source import check_channels
+from ovsw_jax.data.source import DataNotFoundError
 
 NAME = 'image_records'
 FORMAT = 'ovsw_jax.image_records'
@@ -42,28 +43,54 @@ VERSION = 1
 INFO_FILE = 'dataset_info.json'
 MAGIC = b'OVR1'
 _HEAD = struct.Struct('<4siH')
+_MAX_NAME = 2**16 - 1  # bytes: the name's length is a uint16
 
 _SOURCES: dict[tuple[str, ...], Any] = {}
 _LOCK = threading.Lock()
 
 
 def encode_record(label: int, name: str, data: bytes) -> bytes:
-  """One example as a record (module docstring)."""
-  raw = name.encode('utf-8')[:65535]
+  """One example as a record (module docstring); a name over 65,535 bytes
+  of UTF-8 (it is for messages) is cut there, between characters."""
+  raw = name.encode('utf-8')
+  if len(raw) > _MAX_NAME:
+    raw = raw[:_MAX_NAME].decode('utf-8', 'ignore').encode('utf-8')
   return _HEAD.pack(MAGIC, int(label), len(raw)) + raw + data
 
 
-def decode_record(record: bytes) -> tuple[int, str, bytes]:
+def decode_record(record: bytes,
+                  where: str = 'a record') -> tuple[int, str, bytes]:
   """(label, name, image bytes) of a record.
 
+  Args:
+    record: the record's bytes.
+    where: the record, for messages (e.g. its shard and index).
+
   Raises:
-    ValueError: not a record of this format.
+    ValueError: not a whole record of this format, naming `where` and the
+      fix (write its shard again).
   """
-  magic, label, n = _HEAD.unpack_from(record)
-  if magic != MAGIC:
-    raise ValueError(f'not an {NAME} record (starts with {magic!r})')
-  start = _HEAD.size
-  return label, record[start:start + n].decode('utf-8'), record[start + n:]
+  problem, n = None, 0
+  if len(record) < _HEAD.size:
+    problem = f'has {len(record)} bytes, fewer than a record\'s header'
+  else:
+    magic, label, n = _HEAD.unpack_from(record)
+    if magic != MAGIC:
+      problem = f'starts with {magic!r}, not {MAGIC!r}'
+    elif len(record) < _HEAD.size + n:
+      problem = f'is cut short inside its {n}-byte name'
+  if problem is None:
+    start = _HEAD.size
+    try:
+      return label, record[start:start + n].decode('utf-8'), record[
+          start + n:]
+    except UnicodeDecodeError as e:
+      problem = f'has a name that is not UTF-8 ({e.reason})'
+  raise ValueError(
+      f'{where} {problem}: not a whole {NAME} record, so its shard is '
+      'damaged; delete the shard and its marker (.prepare/<shard>.json) and '
+      'rerun python -m ovsw_jax.data.prepare with the same --out to write '
+      'it again')
 
 
 def shard_name(split: str, k: int, n: int) -> str:
@@ -135,12 +162,27 @@ class ImageRecordsSource(encoded_source.EncodedImageSource):
   train_shards: tuple[tuple[str, int], ...]
   eval_shards: tuple[tuple[str, int], ...]
 
+  def _shards(self, split: str) -> tuple[tuple[str, int], ...]:
+    return (self.train_shards if split == encoded_source.TRAIN
+            else self.eval_shards)
+
+  def record_where(self, split: str, index: int) -> str:
+    """Example `index` of `split` as its shard's path and record number."""
+    ends = np.cumsum([n for _, n in self._shards(split)])
+    k = int(np.searchsorted(ends, index, side='right'))
+    first = int(ends[k - 1]) if k else 0
+    return (f'{folder_listing.join(self.data_dir, self._shards(split)[k][0])}'
+            f' record {index - first}')
+
   def encoded(self, split, indices):
-    shards = (self.train_shards if split == encoded_source.TRAIN
-              else self.eval_shards)
-    ds = _data_source(self.data_dir, shards)
+    ds = _data_source(self.data_dir, self._shards(split))
     records = ds.__getitems__([int(i) for i in indices])
-    out = [decode_record(r) for r in records]
+    try:
+      out = [decode_record(r) for r in records]
+    except ValueError:
+      # Again, naming each record's shard: raises at the first bad one.
+      out = [decode_record(r, self.record_where(split, int(i)))
+             for i, r in zip(indices, records)]
     names = [f'{self.data_dir}: {n}' for _, n, _ in out]
     return ([d for _, _, d in out], names,
             np.asarray([l for l, _, _ in out], np.int32))
@@ -174,18 +216,16 @@ def make_source(data_dir: str | None = None, *,
                                              device_normalize, decoder)
   train = _split(info, train_split, data_dir)
   ev = _split(info, eval_split, data_dir)
-  classes = tuple(info['classes'])
-  ds_info = DatasetInfo(
-      name=NAME, num_classes=len(classes), image_shape=(*size, 3),
-      num_train=int(train['num_examples']), num_eval=int(ev['num_examples']),
-      mean=check_channels(NAME, mean, 3, 'mean'),
-      std=check_channels(NAME, std, 3, 'std'), class_names=classes)
   as_tuple = lambda s: tuple((d['file'], int(d['num_records']))
                              for d in s['shards'])
-  return ImageRecordsSource(
-      info=ds_info, augment=bool(augment), min_scale=float(min_scale),
-      lighting=float(lighting), decoder=decoder,
-      device_normalize=bool(device_normalize),
+  # The shards' contents stand for the examples (their sha256s).
+  digest = dataset_digest.listing_digest(info['classes'], [
+      ([f'{d["file"]} {d["sha256"]}' for d in s['shards']],
+       [d['num_records'] for d in s['shards']]) for s in (train, ev)])
+  return ImageRecordsSource.create(
+      NAME, size, info['classes'], train['num_examples'], ev['num_examples'],
+      mean=mean, std=std, augment=augment, min_scale=min_scale,
+      lighting=lighting, decoder=decoder, device_normalize=device_normalize,
       corrupt_option='--skip_corrupt of ovsw_jax.data.prepare',
       data_dir=os.fspath(data_dir), train_shards=as_tuple(train),
-      eval_shards=as_tuple(ev))
+      eval_shards=as_tuple(ev), digest=digest)

@@ -17,7 +17,8 @@ The file list of each split is cached as a manifest and checked on every use
 missing split folder, no images, an empty class folder, train and eval
 splits with different classes, a corrupt image (or, with ``skip_corrupt``,
 corrupt images are found up front, left out and counted). Files that are not
-images are ignored and counted.
+images are ignored and counted. Every process checks that it lists the
+examples the source was built on (`dataset_digest`).
 """
 
 from __future__ import annotations
@@ -31,13 +32,13 @@ from typing import NamedTuple, Sequence
 from absl import logging
 import numpy as np
 
+from ovsw_jax.data import dataset_digest
 from ovsw_jax.data import encoded_source
 from ovsw_jax.data import folder_listing
 from ovsw_jax.data import ilsvrc_val
 from ovsw_jax.data import manifest
 from ovsw_jax.data import tfds_options
-from ovsw_jax.data.source import DataNotFoundError, DatasetInfo
-from ovsw_jax.data.source import check_channels
+from ovsw_jax.data.source import DataNotFoundError
 
 NAME = 'imagefolder'
 _LOCK = threading.Lock()
@@ -47,12 +48,14 @@ class Split(NamedTuple):
   root: str
   files: tuple[str, ...]   # relative to root
   labels: np.ndarray       # int32
+  sizes: tuple[int, ...]   # bytes, as listed
 
 
 class Examples(NamedTuple):
   classes: tuple[str, ...]
   train: Split
   eval: Split
+  digest: str  # of classes, files and labels (`dataset_digest`)
 
 
 def read_file(path: str) -> bytes:
@@ -91,6 +94,11 @@ def _report(what: str, listing: folder_listing.SplitListing,
                     'folders, e.g. %s.', what, listing.non_images,
                     folder_listing.join(listing.root,
                                         listing.non_image_example))
+  if listing.loose_images:
+    logging.warning('%s: ignored %d flat images beside the class folders of '
+                    '%s (each is also in its class folder, as ilsvrc_val '
+                    '--mode=copy leaves them).', what, listing.loose_images,
+                    listing.root)
   if corrupt:
     first = min(corrupt)
     logging.warning('%s: skipped %d corrupt images (skip_corrupt=True), e.g. '
@@ -102,10 +110,12 @@ def _keep(listing, corrupt, labels: Sequence[int]) -> Split:
   """The listing's images with a label (>= 0) and not corrupt, ordered by
   (label, path): ImageFolder's order."""
   bad = corrupt or {}
-  kept = sorted((int(l), f) for f, l in zip(listing.files, labels)
+  kept = sorted((int(l), f, n) for f, l, n in zip(listing.files, labels,
+                                                  listing.sizes)
                 if l >= 0 and f not in bad)
-  return Split(listing.root, tuple(f for _, f in kept),
-               np.asarray([l for l, _ in kept], np.int32))
+  return Split(listing.root, tuple(f for _, f, _ in kept),
+               np.asarray([l for l, _, _ in kept], np.int32),
+               tuple(n for _, _, n in kept))
 
 
 def _class_labels(listing, classes: Sequence[str], what: str) -> list[int]:
@@ -120,12 +130,11 @@ def _class_labels(listing, classes: Sequence[str], what: str) -> list[int]:
   return [index.get(listing.classes[c], -1) for c in listing.class_index]
 
 
-@functools.lru_cache(maxsize=8)
-def examples(data_dir: str, train_split: str, eval_split: str,
-             classes: tuple[str, ...] | None, eval_labels: str | None,
-             skip_corrupt: bool, manifest_dir: str | None,
-             manifest_check: str) -> Examples:
-  """Both splits' files and labels (cached per process)."""
+def read_examples(data_dir: str, train_split: str, eval_split: str,
+                  classes: tuple[str, ...] | None, eval_labels: str | None,
+                  skip_corrupt: bool, manifest_dir: str | None,
+                  manifest_check: str) -> Examples:
+  """Both splits' files and labels, read now (`examples` caches them)."""
   _check_dirs(data_dir, (train_split, eval_split))
   verify = read_file if skip_corrupt else None
   load = functools.partial(manifest.load_listing, data_dir,
@@ -158,8 +167,14 @@ def examples(data_dir: str, train_split: str, eval_split: str,
   tr_labels = _class_labels(train, chosen, what)
   _report(what, train, train_bad)
   _report(ev_what, ev, ev_bad)
-  return Examples(chosen, _keep(train, train_bad, tr_labels),
-                  _keep(ev, ev_bad, ev_labels))
+  tr_split = _keep(train, train_bad, tr_labels)
+  ev_split = _keep(ev, ev_bad, ev_labels)
+  return Examples(chosen, tr_split, ev_split, dataset_digest.listing_digest(
+      chosen, [(s.files, s.labels) for s in (tr_split, ev_split)]))
+
+
+# Both splits' files and labels, cached per process.
+examples = functools.lru_cache(maxsize=8)(read_examples)
 
 
 def _flat_labels(ev, eval_labels, all_classes, chosen, what) -> list[int]:
@@ -169,7 +184,7 @@ def _flat_labels(ev, eval_labels, all_classes, chosen, what) -> list[int]:
         'validation layout); pass dataset_options.eval_labels=<the devkit '
         'or a label file>, or sort it once: python -m ovsw_jax.data.'
         f'ilsvrc_val --val_dir={ev.root} --labels=<label file>')
-  labels = ilsvrc_val.read_labels(eval_labels, ev.files)
+  labels = ilsvrc_val.read_labels(eval_labels, ev.files, ev.root)
   full = ilsvrc_val.resolve(labels, ev.files, all_classes,
                             f'{what} ({eval_labels})')
   index = {c: i for i, c in enumerate(chosen)}
@@ -189,10 +204,21 @@ class ImageFolderSource(encoded_source.EncodedImageSource):
   manifest_check: str
 
   def _examples(self) -> Examples:
+    """The examples, listed once per process (a grain worker lists them
+    again: they must be the ones the source was built on)."""
     with _LOCK:
-      return examples(self.data_dir, self.train_split, self.eval_split,
-                      self.classes, self.eval_labels, self.skip_corrupt,
-                      self.manifest_dir, self.manifest_check)
+      ex = examples(self.data_dir, self.train_split, self.eval_split,
+                    self.classes, self.eval_labels, self.skip_corrupt,
+                    self.manifest_dir, self.manifest_check)
+    if ex.digest != self.info.digest:
+      raise ValueError(
+          f'{NAME}: this process lists {len(ex.train.files)} train / '
+          f'{len(ex.eval.files)} eval images in {self.data_dir} (digest '
+          f'{ex.digest[:12]}), but the source was built on '
+          f'{dataset_digest.describe(self.info)}: the folder changed since, '
+          'or this process sees another copy; keep the folder unchanged '
+          'while a run reads it, and start the run again')
+    return ex
 
   def encoded(self, split, indices):
     ex = self._examples()
@@ -246,15 +272,11 @@ def make_source(data_dir: str | None = None, *,
   classes = tuple(classes) if classes is not None else None
   ex = examples(data_dir, train_split, eval_split, classes, eval_labels,
                 bool(skip_corrupt), manifest_dir, manifest_check)
-  info = DatasetInfo(
-      name=NAME, num_classes=len(ex.classes), image_shape=(*size, 3),
-      num_train=len(ex.train.files), num_eval=len(ex.eval.files),
-      mean=check_channels(NAME, mean, 3, 'mean'),
-      std=check_channels(NAME, std, 3, 'std'), class_names=ex.classes)
-  return ImageFolderSource(
-      info=info, augment=bool(augment), min_scale=float(min_scale),
-      lighting=float(lighting), decoder=decoder,
-      device_normalize=bool(device_normalize), data_dir=data_dir,
-      train_split=train_split, eval_split=eval_split, classes=classes,
-      eval_labels=eval_labels, skip_corrupt=bool(skip_corrupt),
-      manifest_dir=manifest_dir, manifest_check=manifest_check)
+  return ImageFolderSource.create(
+      NAME, size, ex.classes, len(ex.train.files), len(ex.eval.files),
+      mean=mean, std=std, augment=augment, min_scale=min_scale,
+      lighting=lighting, decoder=decoder, device_normalize=device_normalize,
+      data_dir=data_dir, train_split=train_split, eval_split=eval_split,
+      classes=classes, eval_labels=eval_labels,
+      skip_corrupt=bool(skip_corrupt), manifest_dir=manifest_dir,
+      manifest_check=manifest_check, digest=ex.digest)

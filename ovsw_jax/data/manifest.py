@@ -18,8 +18,10 @@ does not; a stale manifest is never used:
 - "full": list the folder again and compare (as slow as building it).
 
 With ``skip_corrupt``, every image is decoded once (`verify`) and the
-corrupt ones are recorded in the manifest, so the check runs once, not per
-run; they are left out of the dataset and their count reported.
+corrupt ones (those over the decoders' pixel limit included) are recorded
+in the manifest with the limit in force, so the check runs once, not per
+run (again when the limit changes); they are left out of the dataset and
+their count reported.
 """
 
 from __future__ import annotations
@@ -33,12 +35,13 @@ from typing import Any, Callable
 
 from absl import logging
 
+from ovsw_jax.data import crop_checks
 from ovsw_jax.data import folder_listing
 from ovsw_jax.data import image_files
 from ovsw_jax.data.folder_listing import SplitListing
 
 FORMAT = 'ovsw_jax.imagefolder_manifest'
-VERSION = 1
+VERSION = 2  # 2: listings count images beside the class folders
 CHECKS = ('auto', 'full')
 _SAMPLES = 64
 
@@ -193,10 +196,15 @@ def load_listing(data_dir: str, split: str, what: str, *,
     cached = {'format': FORMAT, 'version': VERSION,
               'listing': listing.to_json()}
   corrupt = cached.get('corrupt')
+  # Images over the pixel limit count as corrupt: a new limit, new verdicts.
+  limit = crop_checks.max_image_pixels()
+  if cached.get('corrupt_pixel_limit') != limit:
+    corrupt = None
   if verify_with is not None and corrupt is None:
     logging.info('%s: decoding all %d images of %s once to find corrupt '
                  'ones (skip_corrupt=True).', what, len(listing.files), root)
     corrupt = cached['corrupt'] = verify(listing, verify_with)
+    cached['corrupt_pixel_limit'] = limit
     reason = reason or 'verified'
   if reason is not None:
     where = _write(cached, paths)

@@ -51,6 +51,7 @@ import grain
 import numpy as np
 
 from ovsw_jax.data import cifar
+from ovsw_jax.data import dataset_digest
 from ovsw_jax.data import digits
 from ovsw_jax.data import image_records
 from ovsw_jax.data import imagefolder
@@ -302,6 +303,7 @@ def default_num_threads(source: Any, prefetch: int) -> int:
 
 def _iterate(ds: grain.MapDataset, worker_count: int, prefetch: int,
              num_threads: int | None, source: Any) -> grain.DatasetIterator:
+  dataset_digest.check_processes_agree(source.info)  # every host: the same
   if worker_count < 0 or prefetch < 0:
     raise ValueError(f'worker_count={worker_count} and prefetch={prefetch} '
                      'must be >= 0.')

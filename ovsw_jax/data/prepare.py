@@ -63,8 +63,7 @@ def _write_all(out: str, tasks: dict[str, list[tuple[str, list]]],
   for shards in tasks.values():
     for name, examples in shards:
       m = record_shards.read_marker(out, name)
-      if m is not None and m['fingerprint'] == record_shards.fingerprint(
-          examples):
+      if record_shards.is_current(m, examples, skip_corrupt):
         markers[name] = m
       else:
         todo.append((name, examples))
@@ -146,8 +145,10 @@ def prepare(out: str, *, data_dir: str | None = None,
     image_files.CorruptImageError: a corrupt image, unless skip_corrupt.
   """
   if bool(data_dir) == bool(train_tar):
+    given = (f'both --data_dir={data_dir} and --train_tar={train_tar} were '
+             'given' if data_dir else 'neither was given')
     raise ValueError('pass either --data_dir (an image folder) or '
-                     '--train_tar (ILSVRC2012_img_train.tar)')
+                     f'--train_tar (ILSVRC2012_img_train.tar): {given}')
   if examples_per_shard < 1:
     raise ValueError(f'--examples_per_shard={examples_per_shard} must be '
                      '>= 1')
@@ -164,7 +165,7 @@ def prepare(out: str, *, data_dir: str | None = None,
     if data_dir:
       plan = prepare_inputs.folder_plan(
           data_dir, train_split=train_split, eval_split=eval_split,
-          eval_labels=val_labels, skip_corrupt=skip_corrupt)
+          eval_labels=val_labels)
     else:
       plan = prepare_inputs.tar_plan(train_tar, val_tar, val_labels,
                                      map_fn=pool.map)

@@ -5,8 +5,8 @@ the order the image-folder dataset takes them (class, then path), each with
 where its bytes are (`Locator`):
 
 - an image folder: the imagefolder dataset's own listing
-  (`imagefolder.examples`: the same classes, files, order, manifest and
-  checks);
+  (`imagefolder.read_examples`: the same classes, files, order, manifest
+  and checks), listed afresh, with each file's size;
 - ``ILSVRC2012_img_train.tar``: one inner tar per class
   (``n01440764.tar``), the class folders of the extracted layout; members
   are indexed in place (tar headers only, in parallel), never extracted;
@@ -62,17 +62,25 @@ def read_bytes(where: Locator) -> bytes:
 
 def folder_plan(data_dir: str, *, train_split: str = 'train',
                 eval_split: str = 'val', eval_labels: str | None = None,
-                classes: Sequence[str] | None = None,
-                skip_corrupt: bool = False) -> Plan:
-  """An image folder's plan (its listing checks apply: `imagefolder`)."""
-  ex = imagefolder.examples(
+                classes: Sequence[str] | None = None) -> Plan:
+  """An image folder's plan (its listing checks apply: `imagefolder`).
+
+  The folder is listed afresh (``manifest_check='full'``, nothing cached
+  in this process: a file rewritten in place leaves its folder's time as it
+  was), so every example carries
+  its current size, which a shard's fingerprint holds. Every image is
+  planned, corrupt or not: the shard writer decodes each once and skips
+  (and records) the corrupt ones (`record_shards`).
+  """
+  ex = imagefolder.read_examples(
       data_dir, train_split, eval_split,
       tuple(classes) if classes is not None else None, eval_labels,
-      bool(skip_corrupt), None, 'auto')
+      False, None, 'full')
   splits = {}
   for name, s in ((TRAIN, ex.train), (EVAL, ex.eval)):
-    splits[name] = [Example(int(l), f, Locator(folder_listing.join(s.root, f)))
-                    for f, l in zip(s.files, s.labels)]
+    splits[name] = [
+        Example(int(l), f, Locator(folder_listing.join(s.root, f), size=n))
+        for f, l, n in zip(s.files, s.labels, s.sizes)]
   return Plan(ex.classes, splits, {'image_folder': data_dir,
                                    'train_split': train_split,
                                    'eval_split': eval_split})
@@ -177,7 +185,8 @@ def _val_examples(val_tar: str, val_labels: str | None,
     members = [m for m in _members(f) if image_files.is_image_name(m[0])]
   names = sorted(posixpath.basename(n) for n, _, _ in members)
   where = {posixpath.basename(n): (o, s) for n, o, s in members}
-  labels = ilsvrc_val.resolve(ilsvrc_val.read_labels(val_labels, names),
-                              names, classes, f'{val_tar} ({val_labels})')
+  labels = ilsvrc_val.resolve(
+      ilsvrc_val.read_labels(val_labels, names, val_tar), names, classes,
+      f'{val_tar} ({val_labels})')
   return [Example(l, n, Locator(val_tar, *where[n]))
           for l, n in sorted(zip(labels, names))]

@@ -5,10 +5,11 @@ then put in place whole: renamed into a local output folder, or uploaded to
 an object store (``gs://...``: an object appears whole or not at all). Only
 then is its marker written, ``<out>/.prepare/<shard>.json``: the
 fingerprint of what the shard holds (its examples' names, labels and
-sizes), its record count, its per-class counts and the files it skipped. A
-rerun skips every shard whose marker has the current fingerprint, and
-writes the rest again; as the records and the writer's options are the
-same, so are the bytes.
+sizes in bytes), its record count, its per-class counts and the files it
+skipped. A rerun skips every shard whose marker has the current fingerprint
+(and, without ``skip_corrupt``, skipped nothing: `is_current`), and writes
+the rest again; as the records and the writer's options are the same, so
+are the bytes.
 """
 
 from __future__ import annotations
@@ -36,6 +37,20 @@ def fingerprint(examples: Sequence[prepare_inputs.Example]) -> str:
   for e in examples:
     h.update(f'{e.label}\t{e.name}\t{e.where.size}\n'.encode())
   return h.hexdigest()
+
+
+def is_current(marker: dict[str, Any] | None,
+               examples: Sequence[prepare_inputs.Example],
+               skip_corrupt: bool) -> bool:
+  """Whether a shard with this marker is what a run would write now.
+
+  Its examples must have the fingerprint recorded, and a shard that
+  skipped corrupt images is kept only by a run that skips them too (a run
+  without ``skip_corrupt`` writes it again, stopping at the first).
+  """
+  return (marker is not None
+          and marker['fingerprint'] == fingerprint(examples)
+          and (skip_corrupt or not marker['skipped']))
 
 
 def _fs(path: str):

@@ -38,6 +38,9 @@ class DatasetInfo(NamedTuple):
     std: per-channel std the images are divided by, in the same [0, 1] units.
     class_names: each label's name (e.g. its class folder), where the
       dataset has names; None otherwise.
+    digest: which examples it holds, in order (a hash of its classes,
+      files and labels: `dataset_digest`), where the source lists them;
+      None otherwise. Equal digests: the same examples.
   """
   name: str
   num_classes: int
@@ -47,6 +50,7 @@ class DatasetInfo(NamedTuple):
   mean: tuple[float, ...]
   std: tuple[float, ...]
   class_names: tuple[str, ...] | None = None
+  digest: str | None = None
 
 
 class Source(Protocol):

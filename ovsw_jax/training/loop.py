@@ -17,6 +17,7 @@ import jax
 import ml_collections
 
 from ovsw_jax import data
+from ovsw_jax.data import dataset_digest
 from ovsw_jax.data import device_normalize
 from ovsw_jax.training import checkpointing
 from ovsw_jax.training import distill
@@ -284,4 +285,7 @@ def _initial_state(config, experiment, manager, mesh, workdir, changed=None
   items, meta, step = restored
   logging.info("Resuming from the checkpoint at step %d (data position %d).",
                step, meta["data_step"])
+  data_change = dataset_digest.change_since(meta, experiment.info)
+  if data_change:
+    logging.warning("%s.", data_change)
   return abstract.replace(**items), step

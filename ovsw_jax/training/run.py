@@ -21,6 +21,7 @@ import numpy as np
 
 from ovsw_jax import data
 from ovsw_jax import diagnostics
+from ovsw_jax.data import dataset_digest
 from ovsw_jax.data import device_normalize
 from ovsw_jax.training import checkpoint_saver
 from ovsw_jax.training import config as config_lib
@@ -195,7 +196,8 @@ class TrainingRun:
             # So that an export needs no dataset files to know them.
             "image_shape": list(self.experiment.info.image_shape),
             **({"class_names": list(self.experiment.info.class_names)}
-               if self.experiment.info.class_names else {})}
+               if self.experiment.info.class_names else {}),
+            **dataset_digest.record(self.experiment.info)}
     metrics = {"eval_top1": self.last_eval["eval_top1"]} if evaluated else None
     return state_lib.checkpoint_items(state), meta, metrics
 
