@@ -94,6 +94,7 @@ def main(argv):
   # before anything initialises the JAX backends.
   from ovsw_jax import data  # pylint: disable=g-import-not-at-top
   from ovsw_jax.training import checkpointing  # pylint: disable=g-import-not-at-top
+  from ovsw_jax.training import determinism  # pylint: disable=g-import-not-at-top
   from ovsw_jax.training import loop  # pylint: disable=g-import-not-at-top
   from ovsw_jax.training import mesh  # pylint: disable=g-import-not-at-top
 
@@ -101,6 +102,11 @@ def main(argv):
     # The trainer's own INFO lines, but only orbax's warnings: a dozen INFO
     # lines per checkpoint would bury them (--verbosity=0 shows them all).
     checkpointing.quiet_orbax_logs()
+  try:
+    # XLA reads its flags when JAX starts a backend: before anything else.
+    determinism.configure(FLAGS.config.deterministic)
+  except ValueError as e:
+    _fail(str(e))
   mesh.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                               FLAGS.process_id, auto=FLAGS.distributed_auto)
   try:

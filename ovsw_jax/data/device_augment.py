@@ -34,9 +34,10 @@ class Word(NamedTuple):
 
 
 def constant(x: int) -> Word:
-  """A Python int (taken mod 2**64) as a scalar `Word`."""
+  """A Python int (taken mod 2**64) as a scalar `Word` (of NumPy scalars:
+  made at import, they must not start a JAX backend)."""
   x = int(x) & ((1 << 64) - 1)
-  return Word(jnp.uint32(x >> 32), jnp.uint32(x & _MASK32))
+  return Word(np.uint32(x >> 32), np.uint32(x & _MASK32))
 
 
 def from_uint32(lo: jax.Array) -> Word:
