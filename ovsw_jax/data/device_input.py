@@ -57,13 +57,23 @@ def supports(source: Any) -> bool:
   return isinstance(source, PadCropFlipSource)
 
 
-def choose_placement(nbytes: int, devices: list[jax.Device]) -> str:
+def _memory_stats(device: Any) -> dict[str, Any]:
+  try:
+    return device.memory_stats() or {}
+  except (AttributeError, RuntimeError, ValueError):
+    return {}  # No stats (CPUs), or another process's device.
+
+
+def choose_placement(nbytes: int, devices: list[Any]) -> str:
   """'replicated' if a copy fits in `REPLICATE_FRACTION` of every device's
-  memory (1 GiB where a device reports none, as CPUs do), else 'sharded'."""
+  memory (1 GiB where a device reports none, as CPUs do), else 'sharded'.
+
+  Pass this process's devices: only those report their memory. (A run's
+  processes are assumed to have alike devices, so they all choose alike.)
+  """
   limits = []
   for d in devices:
-    stats = d.memory_stats() if hasattr(d, 'memory_stats') else None
-    limit = (stats or {}).get('bytes_limit')
+    limit = _memory_stats(d).get('bytes_limit')
     limits.append(limit * REPLICATE_FRACTION if limit
                   else _UNKNOWN_MEMORY_LIMIT)
   return 'replicated' if nbytes <= min(limits) else 'sharded'
@@ -135,7 +145,9 @@ class DeviceInput:
     self.num_devices = mesh.shape[axis]
     codes, labels = source.pixel_codes(train=True)
     if placement == 'auto':
-      placement = choose_placement(codes.nbytes, list(mesh.devices.flat))
+      placement = choose_placement(
+          codes.nbytes, [d for d in mesh.devices.flat
+                         if d.process_index == jax.process_index()])
     self.placement = placement
     self.train = _Split(codes, labels, mesh, axis, placement)
     self._eval: _Split | None = None
