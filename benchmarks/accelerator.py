@@ -244,9 +244,14 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
   out_dir = Path(args.out_dir)
   path = out_dir / f"{result['device']['slug']}.json"
   results.save_json(result, path)
-  from benchmarks.lib import accelerator_plot  # pylint: disable=g-import-not-at-top
-  accelerator_plot.plot(result, path.with_suffix(".png"))
-  print(f"wrote {path} and {path.with_suffix('.png').name}", file=sys.stderr)
+  try:
+    from benchmarks.lib import accelerator_plot  # pylint: disable=g-import-not-at-top
+    accelerator_plot.plot(result, path.with_suffix(".png"))
+    print(f"wrote {path} and {path.with_suffix('.png').name}",
+          file=sys.stderr)
+  except ImportError as e:  # matplotlib is only needed for the figure
+    print(f"wrote {path}; no figure ({e}: pip install matplotlib)",
+          file=sys.stderr)
   return result
 
 

@@ -12,6 +12,7 @@ import subprocess
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from ovsw_jax.training import checkpointing
 from ovsw_jax.training import loop
@@ -66,6 +67,7 @@ PREEMPT = {**TINY, "num_train_steps": 100, "log_every_steps": 5,
            "checkpoint_every_steps": 0}
 
 
+@pytest.mark.accelerator
 def test_sigterm_saves_exits_0_and_the_rerun_ends_bitwise_equal(
     tmp_path, compile_cache):
   env = subprocess_env(compile_cache)
