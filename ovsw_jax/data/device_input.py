@@ -128,7 +128,7 @@ class DeviceInput:
 
   def __init__(self, source: PadCropFlipSource, mesh: Mesh,
                axis: str = 'data', placement: str = 'auto'):
-    """Places the training split (the eval split on first use).
+    """Places each split on the devices when first used.
 
     Raises:
       ValueError: a source that is not in memory, or a bad placement.
@@ -143,13 +143,13 @@ class DeviceInput:
                        f'{PLACEMENTS}')
     self.source, self.mesh, self.axis = source, mesh, axis
     self.num_devices = mesh.shape[axis]
-    codes, labels = source.pixel_codes(train=True)
     if placement == 'auto':
+      nbytes = source.info.num_train * math.prod(source.info.image_shape)
       placement = choose_placement(
-          codes.nbytes, [d for d in mesh.devices.flat
-                         if d.process_index == jax.process_index()])
+          nbytes, [d for d in mesh.devices.flat
+                   if d.process_index == jax.process_index()])
     self.placement = placement
-    self.train = _Split(codes, labels, mesh, axis, placement)
+    self._train: _Split | None = None
     self._eval: _Split | None = None
     self.table = _place(source.code_table(), NamedSharding(mesh, P()))
     self._replicated = NamedSharding(mesh, P())
@@ -157,10 +157,17 @@ class DeviceInput:
     self._fns: dict[str, dict[int, Callable[..., Batch]]] = {
         'train': {}, 'eval': {}}
 
+  @property
+  def train(self) -> _Split:
+    if self._train is None:
+      self._train = _Split(*self.source.pixel_codes(train=True), self.mesh,
+                           self.axis, self.placement)
+    return self._train
+
   def _eval_split(self) -> _Split:
     if self._eval is None:
-      codes, labels = self.source.pixel_codes(train=False)
-      self._eval = _Split(codes, labels, self.mesh, self.axis, self.placement)
+      self._eval = _Split(*self.source.pixel_codes(train=False), self.mesh,
+                          self.axis, self.placement)
     return self._eval
 
   def _check_batch(self, global_batch_size: int) -> int:
