@@ -10,7 +10,10 @@ The modules, in the order data flows through them:
 * `experiment`: what a config builds (dataset info, model, optimizer);
 * `state`: `TrainState`; `steps`: the jitted train/eval steps;
 * `mesh`: devices, mesh, shardings, jax.distributed; `cpu_fast_path`: the
-  CPU-only compiler options and bfloat16 binary operands;
+  CPU-only compiler options and bfloat16 binary operands; `determinism`:
+  XLA's GPU determinism flags (``config.deterministic``);
+* `input_feed`: where batches are made, host or devices
+  (``config.input_on_device``);
 * `checkpointing`, `workdir` (config.json, checkpoint choice), `metrics_io`
   (metric chunk files, read_metrics), `tensorboard`, `progress`;
 * `loop`: `train_and_evaluate`, `load_checkpoint`.
