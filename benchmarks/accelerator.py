@@ -113,10 +113,34 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
   out.update({"size": args.size, "method": args.method,
               "model": "cresnet20_1w1a", "budget_s": args.budget_s,
               "data_dir": args.data_dir or cifar.default_data_dir(),
-              "max_epochs": args.max_epochs, "compare_torch": not args.no_torch,
+              "max_epochs": args.max_epochs,
+              "compare_torch": not args.no_torch and torch_reason() is None,
+              "torch_left_out": ("--no_torch" if args.no_torch
+                                 else torch_reason()),
               "deterministic": args.deterministic,
               "torch_threads": args.torch_threads})
   return out
+
+
+def torch_reason() -> Optional[str]:
+  """Why the PyTorch arms cannot run on JAX's device (None: they can).
+
+  PyTorch runs on CUDA GPUs and on the CPU here; on any other accelerator
+  (a TPU) it would run on the host, which is not a comparison on the same
+  device.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  backend = jax.default_backend()
+  if backend == "cpu":
+    return None
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return "torch is not installed"
+  if backend == "gpu" and torch.cuda.is_available():
+    return None
+  return (f"JAX runs on {backend}, torch sees no such device (it would run "
+          "on the host CPU)")
 
 
 def recipe(s: dict[str, Any], subset: bool):
