@@ -5,8 +5,9 @@
 
 Runs on whatever JAX sees (GPU, TPU, or the CPU, where ``--size=tiny``
 keeps it short), in one process, within ``--budget_s`` seconds (shared out
-30/25/45% between the three parts below; a part that runs short leaves its
-time to the next; compiles are part of the budget). It measures:
+30/25/45% between the three parts below, or ``--shares``; a part that runs
+short leaves its time to the next; compiles are part of the budget). It
+measures:
 
 1. step speed (`benchmarks.lib.accelerator_step`): our jitted train step in
    float32 and bfloat16 against the reference's PyTorch step on torch's
@@ -95,9 +96,18 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
                       help="XLA's GPU determinism flags for the whole run")
   parser.add_argument("--torch_threads", type=int, default=None,
                       help="torch.set_num_threads (default: torch's)")
+  parser.add_argument("--shares", default=None,
+                      help="the budget's fractions for step speed, loop and "
+                      "time to accuracy, e.g. 0.3,0.25,0.45 (the default)")
   args = parser.parse_args(argv)
   if args.budget_s <= 0:
     parser.error(f"--budget_s={args.budget_s} must be > 0")
+  if args.shares:
+    values = [float(v) for v in args.shares.split(",")]
+    if len(values) != 3 or min(values) <= 0 or abs(sum(values) - 1) > 1e-6:
+      parser.error(f"--shares={args.shares}: three positive fractions that "
+                   "add up to 1, e.g. 0.3,0.25,0.45")
+    args.shares = dict(zip(SHARES, values))
   return args
 
 
@@ -118,7 +128,8 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
               "torch_left_out": ("--no_torch" if args.no_torch
                                  else torch_reason()),
               "deterministic": args.deterministic,
-              "torch_threads": args.torch_threads})
+              "torch_threads": args.torch_threads,
+              "shares": args.shares or SHARES})
   return out
 
 
@@ -197,7 +208,8 @@ def run(s: dict[str, Any], log=print) -> dict[str, Any]:
   from benchmarks.lib import accelerator_step  # pylint: disable=g-import-not-at-top
   from benchmarks.lib import time_to_accuracy  # pylint: disable=g-import-not-at-top
   from ovsw_jax import data  # pylint: disable=g-import-not-at-top
-  budget = budget_lib.Budget(s["budget_s"], SHARES, start=_PROCESS_START)
+  budget = budget_lib.Budget(s["budget_s"], s["shares"],
+                             start=_PROCESS_START)
   load_start = os.getloadavg()
   result: dict[str, Any] = {
       "benchmark": "accelerator", "config": results.to_json(s),

@@ -35,6 +35,19 @@ def test_budget_leaves_later_sections_their_share():
     budget_lib.Budget(0, {"a": 1.0})
 
 
+def test_interleaved_timing_stops_at_the_deadline():
+  from benchmarks.lib import timing  # pylint: disable=g-import-not-at-top
+  calls = []
+  arms = {name: (lambda name=name: calls.append(name)) for name in "ab"}
+  timed = timing.time_interleaved(arms, steps=10, warmup=1, block=2,
+                                  deadline=time.perf_counter() - 1)
+  # Past the deadline: rounds of 2 until every arm has 3 timed calls.
+  assert [len(timed[k]["times"]) for k in "ab"] == [4, 4]
+  assert calls == ["a", "b"] + ["a", "a", "b", "b"] * 2
+  full = timing.time_interleaved(arms, steps=5, warmup=0, block=2)
+  assert [len(full[k]["times"]) for k in "ab"] == [5, 5]
+
+
 def test_schedule_epochs_and_names():
   # 5 of 600 warmup epochs, scaled; none for a single epoch.
   assert [time_to_accuracy.warmup_epochs(e) for e in (1, 2, 60, 180, 600)] \

@@ -110,13 +110,15 @@ def one_batch_size(batch_size: int, seconds: float, *, model: str,
   steps = int(max(MIN_STEPS, min(MAX_STEPS, left / max(per_round, 1e-6))))
   log(f"  batch {batch_size}: {steps} timed steps per arm, blocks of "
       f"{block}")
-  timed = timing.time_interleaved(arms, steps=steps, warmup=0, block=block)
+  timed = timing.time_interleaved(arms, steps=steps, warmup=0, block=block,
+                                  deadline=start + seconds)
   load = timed.pop("_load")
   entries = _entries(timed, compile_s, batch_size)
   del arms
   gc.collect()
   return {"arms": entries, "ratios": ratios(entries),
-          "steps_per_arm": steps, "loadavg_1min_per_round": load,
+          "steps_per_arm": len(next(iter(timed.values()))["times"]),
+          "loadavg_1min_per_round": load,
           "torch_device": None if torch_dev is None else str(torch_dev),
           "seconds": time.perf_counter() - start}
 
