@@ -186,9 +186,9 @@ def _epoch_estimates(s, step, loop_result, num_train, num_eval):
   """Seconds per epoch (train + eval) of each side, from the step speeds."""
   from benchmarks.lib import accelerator_step  # pylint: disable=g-import-not-at-top
   b = s["batch_size"]
-  ours = (accelerator_step.ours_step_seconds(step, b)
-          or (loop_result or {}).get("step_alone", {}).get("median_step_s")
-          or 1.0)
+  ours = accelerator_step.ours_step_seconds(step, b)
+  if ours is None:  # the loop's step alone (its batch is the recipe's)
+    ours = b / loop_result["step_alone"]["images_per_sec"]
   entry = step.get("batch_sizes", {}).get(str(b), {}).get("arms", {})
   torch_arms = [v["median_step_s"] for k, v in entry.items()
                 if k.startswith("torch/")]
@@ -237,8 +237,7 @@ def run(s: dict[str, Any], log=print) -> dict[str, Any]:
       "arms", {}).get("ours/float32")
   step_s = alone["median_step_s"] if alone else 0.05
   result["loop"] = accelerator_loop.loop_speed(
-      base, budget.section_seconds("loop"), step_s, info.num_train, log,
-      step_alone=alone)
+      base, budget.section_seconds("loop"), step_s, info.num_train, log)
   budget.record("loop", time.perf_counter() - t)
 
   t = time.perf_counter()

@@ -7,13 +7,15 @@ CIFAR-10 for ``steps`` steps: 'host' makes the batches in the host pipeline
 uint8 training set on the devices and makes them there
 (``config.input_on_device``). The trainer logs images/s per log window, net
 of evaluation and checkpoints; the first window (the compile) is left out.
-'step alone' is the same jitted step on one batch that stays on the device
-(`benchmarks.lib.arms.JaxArm`), timed right after. So
+the step alone is the same jitted step on one batch that stays on the
+device (`benchmarks.lib.arms.JaxArm`), timed after them in each round. So,
+per round,
 
   input share = 1 - loop images/s / step-alone images/s
 
 is the fraction of an epoch's wall time that goes to making batches (and to
-the loop's own bookkeeping, which both arms share).
+the loop's own bookkeeping, which both arms share); the result gives the
+median over the rounds.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import copy
 import statistics
 import tempfile
 import time
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable
 
 import ml_collections
 
@@ -70,78 +72,85 @@ def trainer_images_per_sec(config: ml_collections.ConfigDict
           "windows_images_per_sec": windows, "wall_s": wall}
 
 
-def _step_alone(base: ml_collections.ConfigDict, steps: int
-                ) -> dict[str, Any]:
-  """The trainer's jitted step on one device-resident batch."""
-  config = arms_lib.make_config(
-      base.model, base.method, base.batch_size, 32, base.half_precision,
-      base.seed, dict(base.model_options))
-  batch = arms_lib.make_batch(base.batch_size, 32, 10, base.seed)
-  arm = arms_lib.JaxArm(config, batch, mesh_lib.create_mesh())
-  timed = timing.time_interleaved({"step": arm}, steps=steps, warmup=2,
-                                  block=steps)
-  return timing.summarize(timed["step"]["times"], base.batch_size)
+class _StepAlone:
+  """The trainer's jitted step on one device-resident batch, built once."""
+
+  def __init__(self, base: ml_collections.ConfigDict):
+    config = arms_lib.make_config(
+        base.model, base.method, base.batch_size, 32, base.half_precision,
+        base.seed, dict(base.model_options))
+    batch = arms_lib.make_batch(base.batch_size, 32, 10, base.seed)
+    self.arm = arms_lib.JaxArm(config, batch, mesh_lib.create_mesh())
+    self.batch_size = base.batch_size
+    self.warm = False
+
+  def time(self, steps: int) -> dict[str, Any]:
+    timed = timing.time_interleaved({"step": self.arm}, steps=steps,
+                                    warmup=0 if self.warm else 2,
+                                    block=steps)
+    self.warm = True
+    return timing.summarize(timed["step"]["times"], self.batch_size)
 
 
-def _summary(runs: Mapping[str, list[dict[str, Any]]],
-             alone: Mapping[str, Any], num_train: int) -> dict[str, Any]:
-  step_ips = alone["images_per_sec"]
-  out = {"step_alone": alone, "arms": {}}
-  for arm, arm_runs in runs.items():
-    ips = statistics.median(r["images_per_sec"] for r in arm_runs)
+def _summary(rounds: list[dict[str, Any]], num_train: int
+             ) -> dict[str, Any]:
+  """Medians over the rounds; each round's input share is against the
+  step alone timed in the same round."""
+  med = lambda values: statistics.median(list(values))
+  alone = med(r["step_alone"]["images_per_sec"] for r in rounds)
+  out: dict[str, Any] = {"step_alone": {"images_per_sec": alone},
+                         "epoch_s_step_alone": num_train / alone, "arms": {}}
+  for arm in ARMS:
+    ips = med(r[arm]["images_per_sec"] for r in rounds)
     out["arms"][arm] = {
-        "images_per_sec": ips, "runs": arm_runs,
-        "epoch_s": num_train / ips,
-        "input_share_of_epoch": 1.0 - ips / step_ips}
-  out["epoch_s_step_alone"] = num_train / step_ips
-  if all(a in out["arms"] for a in ARMS):
-    out["device_over_host_images_per_sec"] = (
-        out["arms"]["device"]["images_per_sec"]
-        / out["arms"]["host"]["images_per_sec"])
+        "images_per_sec": ips, "epoch_s": num_train / ips,
+        "input_share_of_epoch": med(
+            1.0 - r[arm]["images_per_sec"] / r["step_alone"]["images_per_sec"]
+            for r in rounds)}
+  out["device_over_host_images_per_sec"] = med(
+      r["device"]["images_per_sec"] / r["host"]["images_per_sec"]
+      for r in rounds)
   return out
 
 
 def loop_speed(base: ml_collections.ConfigDict, seconds: float,
                step_s: float, num_train: int, log: Callable[[str], None],
-               step_alone: Optional[Mapping[str, Any]] = None,
-               max_rounds: int = 3) -> dict[str, Any]:
-  """Rounds of one trainer run per arm, then the step alone.
+               max_rounds: int = 5) -> dict[str, Any]:
+  """Rounds of: a trainer run per arm, then the step alone.
 
   Args:
     base: the recipe (real CIFAR-10, the batch size to measure at).
     seconds: the section's time: a round starts only if the last one's
-      time is left (the first always runs); the runs' length is sized for
-      two rounds.
+      time is left (the first always runs); runs are sized for three rounds.
     step_s: an estimate of one step's time (sizes the runs).
     num_train: training images per epoch (for the epoch times).
     log: progress messages.
-    step_alone: the step alone at this batch (`timing.summarize`), when
-      already measured (the step-speed part's ours/float32); else timed here.
     max_rounds: rounds at most.
   """
   start = time.perf_counter()
   deadline = start + seconds
-  # Two rounds of two runs, each paying a compile of about 10 steps' time;
-  # at least 3 steps a window.
-  steps = int(min(max(seconds / 4 / max(step_s, 1e-6) - 10, 3 * WINDOWS),
+  # Three rounds of three parts, each trainer run paying a compile of about
+  # 10 steps' time; at least 3 steps a window.
+  steps = int(min(max(seconds / 9 / max(step_s, 1e-6) - 10, 3 * WINDOWS),
                   50 * WINDOWS))
-  log(f"  trainer runs of {steps} steps at batch {base.batch_size}, "
-      f"{list(ARMS)} in turn")
-  runs: dict[str, list[dict[str, Any]]] = {a: [] for a in ARMS}
+  timed_steps = steps - max(1, steps // WINDOWS)  # as the windows after 1st
+  log(f"  trainer runs of {steps} steps at batch {base.batch_size}: "
+      f"{list(ARMS)} and the step alone in turn")
+  alone = _StepAlone(base)
+  rounds: list[dict[str, Any]] = []
   round_s = 0.0
-  while len(runs["host"]) < max_rounds and (
-      not runs["host"] or time.perf_counter() + round_s < deadline):
+  while len(rounds) < max_rounds and (
+      not rounds or time.perf_counter() + round_s < deadline):
     t = time.perf_counter()
-    for arm in ARMS:
-      runs[arm].append(trainer_images_per_sec(
-          run_config(base, steps, arm == "device")))
-      log(f"  {arm}: {runs[arm][-1]['images_per_sec']:.1f} images/s")
+    entry = {arm: trainer_images_per_sec(
+        run_config(base, steps, arm == "device")) for arm in ARMS}
+    entry["step_alone"] = alone.time(timed_steps)
+    rounds.append(entry)
+    log("  " + ", ".join(f"{k} {v['images_per_sec']:.1f}"
+                         for k, v in entry.items()) + " images/s")
     round_s = time.perf_counter() - t
-  alone = step_alone or _step_alone(base, steps)
-  out = _summary(runs, alone, num_train)
-  out.update({"steps_per_run": steps, "rounds": len(runs["host"]),
+  out = _summary(rounds, num_train)
+  out.update({"rounds": rounds, "steps_per_run": steps,
               "batch_size": base.batch_size,
-              "step_alone_from": ("the step-speed part" if step_alone
-                                  else "timed here"),
               "seconds": time.perf_counter() - start})
   return out
