@@ -153,6 +153,11 @@ def test_tiny_loop_input_shares(tiny_run):
   assert loop["device_over_host_images_per_sec"] == pytest.approx(median(
       r["device"]["images_per_sec"] / r["host"]["images_per_sec"]
       for r in rounds))
+  for arm in ("host", "device"):
+    alone = loop["input_alone"][arm]
+    assert alone["batches"] >= 3
+    assert alone["images_per_sec"] == pytest.approx(
+        1e3 * 16 / alone["batch_ms"])
 
 
 def test_tiny_time_to_accuracy(tiny_run):

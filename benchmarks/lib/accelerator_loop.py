@@ -15,7 +15,9 @@ per round,
 
 is the fraction of an epoch's wall time that goes to making batches (and to
 the loop's own bookkeeping, which both arms share); the result gives the
-median over the rounds.
+median over the rounds. Where that share is within the noise (a CPU, whose
+steps take seconds), ``input_alone`` says what making a batch costs by
+itself: each input's images/s with no step.
 """
 
 from __future__ import annotations
@@ -26,10 +28,12 @@ import tempfile
 import time
 from typing import Any, Callable
 
+import jax
 import ml_collections
 
 from benchmarks.lib import arms as arms_lib
 from benchmarks.lib import timing
+from ovsw_jax.training import input_feed
 from ovsw_jax.training import loop
 from ovsw_jax.training import mesh as mesh_lib
 from ovsw_jax.training import metrics_io
@@ -92,6 +96,30 @@ class _StepAlone:
     return timing.summarize(timed["step"]["times"], self.batch_size)
 
 
+def input_alone(base: ml_collections.ConfigDict, batches: int
+                ) -> dict[str, Any]:
+  """Images/s of making batches alone, no step: the host pipeline (grain
+  threads, then the copy to the devices) and device-resident input.
+
+  Each source's first batch (compiles, first epoch's permutation) is left
+  out; every batch is waited for on the devices.
+  """
+  out = {}
+  for arm in ARMS:
+    feed = input_feed.InputFeed(run_config(base, batches, arm == "device"),
+                                mesh_lib.create_mesh())
+    it = feed.train_batches(0)
+    jax.block_until_ready(next(it))
+    start = time.perf_counter()
+    for _ in range(batches):
+      jax.block_until_ready(next(it))
+    seconds = time.perf_counter() - start
+    it.close()
+    out[arm] = {"images_per_sec": batches * base.batch_size / seconds,
+                "batch_ms": 1e3 * seconds / batches, "batches": batches}
+  return out
+
+
 def _summary(rounds: list[dict[str, Any]], num_train: int
              ) -> dict[str, Any]:
   """Medians over the rounds; each round's input share is against the
@@ -150,6 +178,7 @@ def loop_speed(base: ml_collections.ConfigDict, seconds: float,
                          for k, v in entry.items()) + " images/s")
     round_s = time.perf_counter() - t
   out = _summary(rounds, num_train)
+  out["input_alone"] = input_alone(base, timed_steps)
   out.update({"rounds": rounds, "steps_per_run": steps,
               "batch_size": base.batch_size,
               "seconds": time.perf_counter() - start})

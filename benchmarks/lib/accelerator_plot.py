@@ -38,7 +38,11 @@ def _loop_panel(ax, loop: Mapping[str, Any]) -> None:
                 (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                 ha="center", va="bottom", fontsize=7)
   ax.set_ylabel("images/s")
-  ax.set_title(f"Trainer on CIFAR-10, batch {loop['batch_size']}")
+  alone = loop.get("input_alone", {})
+  note = (f"\nbatch made alone: host {alone['host']['batch_ms']:.1f} ms, "
+          f"device {alone['device']['batch_ms']:.2f} ms" if alone else "")
+  ax.set_title(f"Trainer on CIFAR-10, batch {loop['batch_size']}{note}",
+               fontsize=10)
 
 
 def _tta_panels(ax_epoch, ax_wall, tta: Mapping[str, Any]) -> None:
