@@ -48,7 +48,10 @@ def _xla_flags() -> dict[str, str]:
 def backend_started() -> bool:
   """Whether JAX has started a backend (after which XLA_FLAGS is read)."""
   from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
-  return xla_bridge.backends_are_initialized()
+  started = getattr(xla_bridge, "backends_are_initialized", None)
+  if started is not None:
+    return started()
+  return bool(getattr(xla_bridge, "_backends", {}))  # older/newer JAX
 
 
 def flags_set() -> bool:
