@@ -254,7 +254,8 @@ def run(s: dict[str, Any], log=print) -> dict[str, Any]:
       short, epochs, log, s["compare_torch"],
       torch_amp=torch_device.AMP_FLOAT16 in torch_device.precisions(
           torch_device.device()),
-      torch_kwargs=dict(s["model_options"]))
+      torch_kwargs=dict(s["model_options"]),
+      full_split=(info.num_train, info.num_eval))
   tta["epoch_estimates_s"] = estimates
   result["time_to_accuracy"] = tta
   budget.record("time_to_accuracy", time.perf_counter() - t)

@@ -176,5 +176,8 @@ def test_tiny_time_to_accuracy(tiny_run):
     later = history[1:] or history
     train = statistics.median(h["train_s"] for h in later)
     ev = statistics.median(h["eval_s"] for h in later)
+    # Full epochs: 50,000 / 256 training and 10,000 / 128 test images.
+    full = train * 50_000 / 256 + ev * 10_000 / 128
+    assert tta[side]["full_epoch_s"] == pytest.approx(full)
     assert tta[side]["projected_600_epochs_hours"] == pytest.approx(
-        600 * (train + ev) / 3600)
+        600 * full / 3600)

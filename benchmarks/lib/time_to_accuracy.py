@@ -12,7 +12,8 @@ each step from our schedule. Each starts from its own framework's init.
 Epochs alternate, ours then PyTorch's, so the machine's state is shared.
 
 Per epoch: test top-1 and loss on the test split (every image once), train
-seconds (to the last step's result) and eval seconds. 600 epochs are
+seconds (to the last step's result) and eval seconds. 600 full epochs
+(all 50,000 training and 10,000 test images, when the run used fewer) are
 projected from the median epoch after the first (which compiles), train and
 evaluation every epoch, as the reference runs them.
 """
@@ -149,14 +150,22 @@ class TorchRun:
     return {**out, "eval_s": time.perf_counter() - start}
 
 
-def _projection(history: list[dict[str, Any]]) -> dict[str, Any]:
-  """600 epochs of train + eval from the epochs after the first."""
+def projection(history: list[dict[str, Any]], train_scale: float = 1.0,
+               eval_scale: float = 1.0) -> dict[str, Any]:
+  """600 full epochs of train + eval from the epochs after the first.
+
+  Args:
+    history: the epochs' records (train_s, eval_s).
+    train_scale, eval_scale: full split size / the size trained and
+      evaluated on (a run on the first N images projects full epochs).
+  """
   later = history[1:] or history
   train_s = statistics.median(h["train_s"] for h in later)
   eval_s = statistics.median(h["eval_s"] for h in later)
+  full = train_s * train_scale + eval_s * eval_scale
   return {"epoch_train_s": train_s, "epoch_eval_s": eval_s,
-          "projected_600_epochs_hours": PAPER_EPOCHS * (train_s + eval_s)
-                                        / 3600,
+          "full_epoch_s": full,
+          "projected_600_epochs_hours": PAPER_EPOCHS * full / 3600,
           "from_epochs": len(later)}
 
 
@@ -175,9 +184,14 @@ def plan_epochs(seconds: float, epoch_estimates_s: Mapping[str, float],
 def time_to_accuracy(base: ml_collections.ConfigDict, epochs: int,
                      log: Callable[[str], None], compare_torch: bool = True,
                      torch_amp: bool = False,
-                     torch_kwargs: Optional[Mapping[str, Any]] = None
+                     torch_kwargs: Optional[Mapping[str, Any]] = None,
+                     full_split: Optional[tuple[int, int]] = None
                      ) -> dict[str, Any]:
-  """Both sides, ``epochs`` epochs each, alternating."""
+  """Both sides, ``epochs`` epochs each, alternating.
+
+  ``full_split``: (train, test) images of the whole dataset, when ``base``
+  uses only the first of them; the projection is of full epochs.
+  """
   config = shortened(base, epochs)
   sides: dict[str, Any] = {"ours": OursRun(config)}
   if compare_torch:
@@ -202,5 +216,8 @@ def time_to_accuracy(base: ml_collections.ConfigDict, epochs: int,
       "torch_precision": ("float16_amp" if torch_amp else "float32")
                          if compare_torch else None}
   for name in sides:
-    out[name] = {"history": history[name], **_projection(history[name])}
+    info = sides["ours"].exp.info
+    train, test = full_split or (info.num_train, info.num_eval)
+    out[name] = {"history": history[name], **projection(
+        history[name], train / info.num_train, test / info.num_eval)}
   return out
