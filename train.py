@@ -132,6 +132,7 @@ def main(argv):
   # before anything initialises the JAX backends.
   from ovsw_jax import data  # pylint: disable=g-import-not-at-top
   from ovsw_jax.training import checkpointing  # pylint: disable=g-import-not-at-top
+  from ovsw_jax.training import determinism  # pylint: disable=g-import-not-at-top
   from ovsw_jax.training import loop  # pylint: disable=g-import-not-at-top
   from ovsw_jax.training import mesh  # pylint: disable=g-import-not-at-top
 
@@ -142,6 +143,11 @@ def main(argv):
     # initialize backend 'tpu'" on every machine without libtpu).
     checkpointing.quiet_orbax_logs()
     std_logging.getLogger("jax").setLevel(std_logging.WARNING)
+  try:
+    # XLA reads its flags when JAX starts a backend: before anything else.
+    determinism.configure(FLAGS.config.deterministic)
+  except ValueError as e:
+    _fail(str(e))
   mesh.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                               FLAGS.process_id, auto=FLAGS.distributed_auto)
   try:

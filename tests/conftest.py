@@ -11,6 +11,16 @@ import pytest
 # between runs that draw them the same way. Set
 # JAX_THREEFRY_PARTITIONABLE=true to test with JAX's default.
 os.environ.setdefault("JAX_THREEFRY_PARTITIONABLE", "false")
+# On a GPU, test processes (xdist workers, training subprocesses) share it:
+# none may take 75% of its memory up front. (No effect on CPUs.)
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+# Where the tests' training subprocesses run: 'cpu' (the default; N devices
+# are simulated CPU devices) or an accelerator's JAX platform ('cuda',
+# 'rocm', 'tpu'), for `-m accelerator` on a GPU/TPU machine: there with
+# XLA's determinism flags, and a test needing more devices than the machine
+# has is skipped, naming why (docs/accelerators.md).
+TEST_PLATFORM = os.environ.get("OVSW_TEST_PLATFORM", "cpu")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -24,6 +34,37 @@ def require_cifar10() -> str:
     pytest.skip(f"CIFAR-10 binaries not found under {CIFAR_DIR} (set "
                 "OVSW_DATA_DIR to the folder holding cifar-10-batches-bin)")
   return CIFAR_DIR
+
+
+def require_test_devices(count: int) -> None:
+  """Skips, naming why, unless `TEST_PLATFORM` has ``count`` devices here
+  (simulated CPU devices always do)."""
+  if TEST_PLATFORM == "cpu":
+    return
+  import jax  # pylint: disable=g-import-not-at-top
+  have = len(jax.devices(TEST_PLATFORM))
+  if have < count:
+    pytest.skip(f"needs {count} {TEST_PLATFORM} devices, this machine has "
+                f"{have}; unset OVSW_TEST_PLATFORM to run it on {count} "
+                "simulated CPU devices")
+
+
+@pytest.fixture
+def float32_matmuls():
+  """float32 convolutions and matmuls at full float32 precision.
+
+  Tests comparing float32 results with float64 NumPy models use float32
+  tolerances. GPUs compute float32 convolutions and matmuls in TF32 by
+  default (10-bit mantissas), where those tolerances hold only for exact
+  (+-1) operands, so on an accelerator these tests run at 'highest'
+  precision. On a CPU this changes nothing.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.default_backend() == "cpu":
+    yield
+    return
+  with jax.default_matmul_precision("highest"):
+    yield
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
 import itertools
 import os
 import pickle
@@ -295,11 +296,30 @@ def test_random_offsets_cover_the_range_uniformly():
   images[:] = 1
   out = augment.random_pad_crop_flip(images, np.arange(9000), 0, 0, pad=4)
   # A 1x1 image padded by 4: the pixel survives only at offset (4, 4).
-  expected = ((np.minimum((u[:, 0] * 9).astype(int), 8) == 4) &
-              (np.minimum((u[:, 1] * 9).astype(int), 8) == 4))
+  # floor(u * 9) in exact arithmetic (u is a multiple of 2**-53).
+  exact = [[int(Fraction(float(v)) * 9) for v in row] for row in u[:, :2]]
+  expected = (np.asarray(exact) == 4).all(axis=1)
   np.testing.assert_array_equal(out[:, 0, 0, 0] == 1, expected)
   assert abs(expected.mean() - 1 / 81) < 0.006
   assert abs((u[:, 2] < 0.5).mean() - 0.5) < 0.03
+
+
+def test_below_is_exact_where_float64_rounds_up():
+  # floor(u * n) of `uniforms`' u, without float64's rounding: u * 9 rounds
+  # up to an integer for 4 of the 2**53 values of u (the old formula).
+  words = augment.draws(5, 1, np.arange(20_000), 0, 1)[:, 0]
+  m = np.concatenate([words >> np.uint64(11), np.asarray(
+      [(k << 53) // 9 for k in range(1, 9)], np.uint64)])
+  for n in (1, 3, 5, 9, 17, 2047):
+    got = augment.below(m << np.uint64(11), n)
+    want = [int(v) * n >> 53 for v in m]
+    np.testing.assert_array_equal(got, want)
+    assert got.max() < n
+  boundary = (2 << 53) // 9  # The largest m with floor(m * 9 / 2**53) = 1.
+  assert int(np.float64(boundary) / (1 << 53) * 9) == 2  # float64 says 2
+  assert augment.below(np.uint64(boundary) << np.uint64(11), 9) == 1
+  with pytest.raises(ValueError, match='n=2048'):
+    augment.below(words, 2048)
 
 
 def test_normalize_formula():

@@ -18,6 +18,7 @@ import subprocess
 
 import jax
 import numpy as np
+import pytest
 
 from ovsw_jax.training import loop
 from ovsw_jax.training import mesh as mesh_lib
@@ -106,6 +107,7 @@ TWO_DEVICES = """
     """
 
 
+@pytest.mark.accelerator
 def test_four_to_two_to_one_device_resume(tmp_path, compile_cache):
   four = str(tmp_path / "four")
   proc = subprocess.run(train_cmd(four, ELASTIC),

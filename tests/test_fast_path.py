@@ -21,6 +21,10 @@ from ovsw_jax.training import methods  # pylint: disable=wrong-import-position
 from ovsw_jax.training import state as state_lib  # pylint: disable=wrong-import-position
 from ovsw_jax.training import steps as steps_lib  # pylint: disable=wrong-import-position
 
+# Numerics that matter on a GPU/TPU (`-m accelerator`): there both paths
+# compile alike (the fast path is CPU-only), and must still train alike.
+pytestmark = pytest.mark.accelerator
+
 SMALL = {
     "model": "cresnet20_1w1a",
     "model_options": {"stage_sizes": (1, 1, 1)},

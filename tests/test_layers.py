@@ -11,6 +11,12 @@ import pytest
 from ovsw_jax import layers
 from ovsw_jax import ops
 
+# Numerics that matter on a GPU/TPU (`-m accelerator`). Float32 results are
+# compared with float64 NumPy models at float32 tolerances, which on a GPU
+# hold only at full float32 precision (not TF32): `float32_matmuls`.
+pytestmark = [pytest.mark.accelerator,
+              pytest.mark.usefixtures("float32_matmuls")]
+
 
 def np_sign(x):
   return np.where(x >= 0, 1.0, -1.0)

@@ -17,6 +17,12 @@ from ovsw_jax import models
 from ovsw_jax import ops
 from ovsw_jax.models import blocks
 
+# Numerics that matter on a GPU/TPU (`-m accelerator`). Float32 results are
+# compared with float64 NumPy models at float32 tolerances, which on a GPU
+# hold only at full float32 precision (not TF32): `float32_matmuls`.
+pytestmark = [pytest.mark.accelerator,
+              pytest.mark.usefixtures("float32_matmuls")]
+
 # name: (num_classes, trainable params, of which binary conv kernels)
 _COUNTS = {
     "cresnet20_1w1a": (10, 269_850, 267_264),

@@ -9,8 +9,11 @@ their runs.
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from ovsw_jax.training import steps as steps_lib
+
+pytestmark = pytest.mark.accelerator  # top-k counts on any backend
 
 
 def test_topk_correct_matches_lax_top_k_with_ties():

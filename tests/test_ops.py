@@ -7,6 +7,12 @@ import pytest
 
 from ovsw_jax import ops
 
+# Numerics that matter on a GPU/TPU (`-m accelerator`). Float32 results are
+# compared with float64 NumPy models at float32 tolerances, which on a GPU
+# hold only at full float32 precision (not TF32): `float32_matmuls`.
+pytestmark = [pytest.mark.accelerator,
+              pytest.mark.usefixtures("float32_matmuls")]
+
 X = np.array([-3.0, -1.2, -1.0, -0.6, -1e-3, 0.0, 1e-3, 0.4, 1.0, 1.7, 5.0],
              np.float32)
 SIGN = np.where(X >= 0, 1.0, -1.0)

@@ -12,6 +12,7 @@ import subprocess
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from ovsw_jax.training import checkpointing
 from ovsw_jax.training import loop
@@ -66,6 +67,7 @@ PREEMPT = {**TINY, "num_train_steps": 100, "log_every_steps": 5,
            "checkpoint_every_steps": 0}
 
 
+@pytest.mark.accelerator
 def test_sigterm_saves_exits_0_and_the_rerun_ends_bitwise_equal(
     tmp_path, compile_cache):
   env = subprocess_env(compile_cache)
@@ -107,11 +109,12 @@ def test_sigterm_saves_exits_0_and_the_rerun_ends_bitwise_equal(
 PAIR = {**TINY, **EQUIV, "num_train_steps": 5, "checkpoint_every_steps": 0}
 
 
-def _launch_pair(workdir, compile_cache):
+def _launch_pair(workdir, compile_cache, overrides=PAIR):
   port = _free_port()
   return [subprocess.Popen(
-      train_cmd(workdir, PAIR, [f"--coordinator_address=127.0.0.1:{port}",
-                                "--num_processes=2", f"--process_id={i}"]),
+      train_cmd(workdir, overrides,
+                [f"--coordinator_address=127.0.0.1:{port}",
+                 "--num_processes=2", f"--process_id={i}"]),
       env=subprocess_env(compile_cache, devices=2), stdout=subprocess.PIPE,
       stderr=subprocess.STDOUT, text=True) for i in range(2)]
 
@@ -144,7 +147,10 @@ def test_two_processes_agree_on_the_step_and_evaluate_every_image(
   assert steps[0] == steps[1] and 1 <= steps[0] < 5, steps
   assert _committed_steps(workdir) == [steps[0]]
 
-  rerun = _wait_pair(_launch_pair(workdir, compile_cache))
+  # The rerun makes its batches on the devices, each process placing the
+  # data on its own two: the same batches, so the same bits.
+  rerun = _wait_pair(_launch_pair(workdir, compile_cache,
+                                  {**PAIR, "input_on_device": True}))
   assert f"Resuming from the checkpoint at step {steps[0]} " in rerun[0]
   straight_out = _wait_pair(straight)
   assert '"eval_count": 20' in straight_out[0]

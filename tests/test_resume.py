@@ -208,6 +208,7 @@ def _kill_when(proc, ready, what):
   assert proc.returncode == -signal.SIGKILL
 
 
+@pytest.mark.accelerator  # bitwise resume on whatever backend runs it
 def test_quickstart_killed_between_evals_resumes_bitwise(tmp_path,
                                                          compile_cache):
   env = subprocess_env(compile_cache)

@@ -26,9 +26,11 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+from conftest import TEST_PLATFORM, require_test_devices  # pylint: disable=wrong-import-position
 from configs import default  # pylint: disable=wrong-import-position
 from ovsw_jax.training import checkpointing  # pylint: disable=wrong-import-position
 from ovsw_jax.training import config as config_lib  # pylint: disable=wrong-import-position
+from ovsw_jax.training import determinism  # pylint: disable=wrong-import-position
 from ovsw_jax.training import experiment as experiment_lib  # pylint: disable=wrong-import-position
 from ovsw_jax.training import loop  # pylint: disable=wrong-import-position
 from ovsw_jax.training import mesh as mesh_lib  # pylint: disable=wrong-import-position
@@ -105,13 +107,21 @@ FAST_COMPILE_FLAGS = ("--xla_backend_optimization_level=0"
 def subprocess_env(compile_cache, devices=1, fast_compile=True):
   """The environment of a test's subprocess: CPU, ``devices`` simulated
   devices, the session's compile cache; ``fast_compile=False`` for a run
-  compared bitwise with one compiled in the test process."""
+  compared bitwise with one compiled in the test process.
+
+  With OVSW_TEST_PLATFORM set to an accelerator (conftest.TEST_PLATFORM),
+  that platform with XLA's determinism flags, or a skip if the machine has
+  fewer than ``devices`` of it.
+  """
+  require_test_devices(devices)
   env = dict(os.environ)
   env.update({
-      "JAX_PLATFORMS": "cpu",
+      "JAX_PLATFORMS": TEST_PLATFORM,
       "PYTHONPATH": REPO + os.pathsep + env.get("PYTHONPATH", ""),
       "XLA_FLAGS": (f"--xla_force_host_platform_device_count={devices} "
-                    + (FAST_COMPILE_FLAGS if fast_compile else "")),
+                    + (FAST_COMPILE_FLAGS if fast_compile else "")
+                    + ("" if TEST_PLATFORM == "cpu"
+                       else " " + determinism.flag_line())),
       "JAX_COMPILATION_CACHE_DIR": compile_cache,
       "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
   })
@@ -329,6 +339,7 @@ def test_ags_only_touches_binary_kernels():
 EQUIV = {"learning_rate": 0.01, "batch_size": 16}
 
 
+@pytest.mark.accelerator
 def test_four_devices_match_one_device(compile_cache):
   result = run_python(f"""
       import json

@@ -16,6 +16,12 @@ from ovsw_jax.transforms import (adaptive_gradient_scaling, ags_diagnostics,
                                  binary_kernel_mask, ovsw, sad_diagnostics,
                                  silence_awareness_decay)
 
+# Numerics that matter on a GPU/TPU (`-m accelerator`). Float32 results are
+# compared with float64 NumPy models at float32 tolerances, which on a GPU
+# hold only at full float32 precision (not TF32): `float32_matmuls`.
+pytestmark = [pytest.mark.accelerator,
+              pytest.mark.usefixtures("float32_matmuls")]
+
 # ----------------------------------------------------------------- NumPy model
 
 

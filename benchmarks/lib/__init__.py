@@ -14,5 +14,11 @@
   rounds and bar chart (input_pipeline, image_sources);
 * `results`: JSON output;
 * `torch_reference`, `torch_step`: the reference's models and training step
-  in PyTorch (the tests use them too). Only these two import torch.
+  in PyTorch (the tests use them too); `torch_device`: that step on torch's
+  device, with the reference's float16 AMP on CUDA. Only these three
+  import torch;
+* `accelerator_step`, `accelerator_loop`, `time_to_accuracy`,
+  `accelerator_plot`, `device_info`, `budget`: the parts of
+  ``python -m benchmarks.accelerator`` (step speed, the loop by input, time
+  to accuracy, its figure, the devices and clocks, the time budget).
 """

@@ -18,8 +18,8 @@ import numpy as np
 
 def time_interleaved(arms: Mapping[str, Callable[[], Any]], steps: int,
                      warmup: int, block: int,
-                     on_warmup: Optional[Callable[[str, int], None]] = None
-                     ) -> dict[str, Any]:
+                     on_warmup: Optional[Callable[[str, int], None]] = None,
+                     deadline: Optional[float] = None) -> dict[str, Any]:
   """Runs every arm's calls in turn, ``block`` at a time, timing each call.
 
   A call's time runs until `jax.block_until_ready` of what it returns (an
@@ -31,6 +31,8 @@ def time_interleaved(arms: Mapping[str, Callable[[], Any]], steps: int,
     warmup: untimed calls per arm first (compilation happens in the first).
     block: consecutive calls of one arm before the next arm's turn.
     on_warmup: called after each warmup call with (arm, index).
+    deadline: a `time.perf_counter()` after which no new round starts once
+      every arm has ``min(steps, 3)`` timed calls; None: all ``steps``.
 
   Returns:
     name -> {'times': per-call seconds, 'cpu_utilization': process CPU
@@ -53,6 +55,9 @@ def time_interleaved(arms: Mapping[str, Callable[[], Any]], steps: int,
         on_warmup(name, i)
   load = []
   while any(len(o["times"]) < steps for o in out.values()):
+    if (deadline is not None and time.perf_counter() > deadline
+        and all(len(o["times"]) >= min(steps, 3) for o in out.values())):
+      break
     load.append(os.getloadavg()[0])
     for name, fn in arms.items():
       for _ in range(min(block, steps - len(out[name]["times"]))):

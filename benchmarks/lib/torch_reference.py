@@ -84,15 +84,16 @@ class BiRealBlock(nn.Module):
 
 
 class CResNet20(nn.Module):
+  """cResNet20; ``stage_sizes`` blocks per stage (3, 3, 3: the paper's)."""
 
-  def __init__(self, num_classes=10, **kw):
+  def __init__(self, num_classes=10, stage_sizes=(3, 3, 3), **kw):
     super().__init__()
     self.conv1 = nn.Conv2d(3, 16, 3, padding=1, bias=False)
     self.bn1 = nn.BatchNorm2d(16)
     in_planes = 16
-    for i, planes in enumerate((16, 32, 64)):
+    for i, (planes, blocks) in enumerate(zip((16, 32, 64), stage_sizes)):
       stage = []
-      for j in range(3):
+      for j in range(blocks):
         stride = 2 if i > 0 and j == 0 else 1
         stage.append(BiRealBlock(in_planes, planes, stride, "option_a", **kw))
         in_planes = planes

@@ -102,7 +102,7 @@ class TrainableBinaryConv2d(torch_reference.BinaryConv2d):
 
 
 def build_model(model_name: str, num_classes: int, seed: int = 0,
-                sign: str = "reference") -> torch.nn.Module:
+                sign: str = "reference", **model_kwargs) -> torch.nn.Module:
   """A reference network (train mode) whose binary convs can be trained.
 
   Args:
@@ -110,11 +110,12 @@ def build_model(model_name: str, num_classes: int, seed: int = 0,
     num_classes: number of logits.
     seed: `torch.manual_seed` for the init.
     sign: 'reference' (torch.sign, 0 -> 0) or 'ovsw_jax' (0 -> +1).
+    **model_kwargs: for the model's class (e.g. cResNet20's stage_sizes).
   """
   if sign not in SIGNS:
     raise ValueError(f"sign={sign!r}: expected one of {SIGNS}")
   torch.manual_seed(seed)
-  net = torch_reference.build(model_name, num_classes)
+  net = torch_reference.build(model_name, num_classes, **model_kwargs)
   for module in net.modules():
     if type(module) is torch_reference.BinaryConv2d:  # pylint: disable=unidiomatic-typecheck
       # Same parameters and state_dict keys; only forward/backward change.

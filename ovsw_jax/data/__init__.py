@@ -3,6 +3,8 @@
 See `pipeline` for the iteration contract (deterministic in (seed, step),
 exactly resumable from a step, sharded per host) and the dataset names and
 options. `DatasetInfo.mean`/`std` are per channel in [0, 1] pixel units.
+`device_input` keeps an in-memory dataset on the accelerators and makes the
+same batches there, bit for bit.
 """
 
 from ovsw_jax.data.pipeline import create_eval_iterator

@@ -49,27 +49,61 @@ def _u64(x: int) -> np.uint64:
   return np.uint64(int(x) & _MASK64)
 
 
+def epoch_key(seed: int, epoch: int) -> np.uint64:
+  """The uint64 key of (seed, epoch), which `example_keys` mixes indices into."""
+  with np.errstate(over='ignore'):
+    k = _mix(np.full((), _u64(seed), np.uint64) + _GOLDEN)
+    return _mix(k ^ (_u64(epoch) + _GOLDEN))
+
+
 def example_keys(seed: int, epoch: int, indices: np.ndarray) -> np.ndarray:
   """One uint64 key per example from (seed, epoch, example index)."""
   with np.errstate(over='ignore'):
-    k = _mix(np.full((), _u64(seed), np.uint64) + _GOLDEN)
-    k = _mix(k ^ (_u64(epoch) + _GOLDEN))
     idx = np.asarray(indices).astype(np.int64).astype(np.uint64)
-    return _mix(k ^ (idx + _GOLDEN))
+    return _mix(epoch_key(seed, epoch) ^ (idx + _GOLDEN))
+
+
+def draws(seed: int, epoch: int, indices: np.ndarray, first: int,
+          count: int) -> np.ndarray:
+  """Random 64-bit words, shape [len(indices), count], uint64.
+
+  Column j is draw number ``first + j`` of each example; the same
+  (seed, epoch, index, draw) always gives the same word.
+  `ovsw_jax.data.device_augment` computes the same words on a device.
+  """
+  keys = example_keys(seed, epoch, indices)
+  numbers = np.arange(first, first + count, dtype=np.uint64)
+  with np.errstate(over='ignore'):
+    return _mix(keys[:, None] + (numbers[None, :] + np.uint64(1)) * _GOLDEN)
 
 
 def uniforms(seed: int, epoch: int, indices: np.ndarray, first: int,
              count: int) -> np.ndarray:
   """Uniform floats in [0, 1), shape [len(indices), count], float64.
 
-  Column j is draw number ``first + j`` of each example; the same
-  (seed, epoch, index, draw) always gives the same number.
+  The top 53 bits of `draws` (column j is draw number ``first + j``).
   """
-  keys = example_keys(seed, epoch, indices)
-  draws = np.arange(first, first + count, dtype=np.uint64)
-  with np.errstate(over='ignore'):
-    z = _mix(keys[:, None] + (draws[None, :] + np.uint64(1)) * _GOLDEN)
+  z = draws(seed, epoch, indices, first, count)
   return (z >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+
+
+def below(z: np.ndarray, n: int) -> np.ndarray:
+  """``floor(u * n)`` for ``u = (z >> 11) / 2**53`` (`uniforms`' value of z),
+  in exact integer arithmetic: ints in ``[0, n)``, for ``n < 2**11``.
+
+  The float64 product ``u * n`` can round up to the next integer just below
+  it (4 of the 2**53 values of u for n = 9); this form has no rounding, so a
+  device computes it bit for bit (`device_augment.below`).
+  """
+  if not 1 <= n < 1 << 11:
+    raise ValueError(f'n={n} must be in [1, 2048).')
+  return (((z >> np.uint64(11)) * np.uint64(n)) >> np.uint64(53)).astype(
+      np.int64)
+
+
+def half(z: np.ndarray) -> np.ndarray:
+  """``u < 0.5`` for ``u`` = `uniforms`' value of z: the top bit is clear."""
+  return (z >> np.uint64(63)) == 0
 
 
 def normalize(images: np.ndarray, mean: Sequence[float], std: Sequence[float],
@@ -111,13 +145,13 @@ def random_pad_crop_flip(images: np.ndarray, indices: np.ndarray, seed: int,
   """Random crop with zero padding (+ random horizontal flip), per example.
 
   The crop offsets are uniform in ``[0, 2 * pad]`` and the flip has
-  probability 1/2, all drawn from (seed, epoch, example index).
+  probability 1/2, all drawn from (seed, epoch, example index): draws
+  CROP_Y, CROP_X and FLIP, through `below` and `half`.
   """
-  u = uniforms(seed, epoch, indices, CROP_Y, 3)
+  z = draws(seed, epoch, indices, CROP_Y, 3)
   span = 2 * pad + 1
-  oy = np.minimum((u[:, 0] * span).astype(np.int64), 2 * pad)
-  ox = np.minimum((u[:, 1] * span).astype(np.int64), 2 * pad)
-  do_flip = (u[:, 2] < 0.5) if flip else np.zeros(len(indices), bool)
+  oy, ox = below(z[:, 0], span), below(z[:, 1], span)
+  do_flip = half(z[:, 2]) if flip else np.zeros(len(indices), bool)
   return pad_crop_flip(images, oy, ox, do_flip, pad)
 
 

@@ -271,13 +271,43 @@ class CifarSource(PadCropFlipSource):
       return a.train_images[indices], a.train_labels[indices]
     return a.test_images[indices], a.test_labels[indices]
 
+  def pixel_codes(self, train: bool) -> tuple[np.ndarray, np.ndarray]:
+    # The decoded arrays themselves (uint8 already): no copy.
+    a = self.arrays()
+    if train:
+      return (a.train_images[:self.info.num_train],
+              a.train_labels[:self.info.num_train])
+    return (a.test_images[:self.info.num_eval],
+            a.test_labels[:self.info.num_eval])
+
+
+def _first(what: str, value: int | None, total: int) -> int:
+  if value is None:
+    return total
+  if isinstance(value, bool) or not isinstance(value, int) or not (
+      1 <= value <= total):
+    raise ValueError(f'cifar: {what}={value!r} must be an int in '
+                     f'[1, {total}] (or None: all of them).')
+  return value
+
 
 def make_source(name: str, data_dir: str | None = None, *,
                 download: bool = True,
                 downloader: Downloader | None = None,
-                augment: bool = True) -> CifarSource:
-  """A CIFAR source; checks (and if need be downloads) the files right away."""
-  source = CifarSource(info=dataset_info(name), pad=4, flip=True,
+                augment: bool = True, num_train: int | None = None,
+                num_eval: int | None = None) -> CifarSource:
+  """A CIFAR source; checks (and if need be downloads) the files right away.
+
+  Args:
+    name, data_dir, download, downloader: see `load`.
+    augment: whether training examples are augmented.
+    num_train, num_eval: use only the first this many training / test
+      images (quick runs and benchmarks at a small size); None: all.
+  """
+  info = dataset_info(name)
+  info = info._replace(num_train=_first('num_train', num_train, NUM_TRAIN),
+                       num_eval=_first('num_eval', num_eval, NUM_TEST))
+  source = CifarSource(info=info, pad=4, flip=True,
                        augment=augment, data_dir=data_dir, download=download,
                        downloader=downloader)
   source.arrays()

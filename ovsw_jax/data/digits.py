@@ -19,6 +19,7 @@ import numpy as np
 from ovsw_jax.data.source import DatasetInfo, PadCropFlipSource
 
 NUM_TRAIN = 1500
+PIXEL_LEVELS = 17  # sklearn's digits hold the values 0..16
 UPSAMPLE = 2
 
 
@@ -58,6 +59,15 @@ class DigitsSource(PadCropFlipSource):
     images, labels = load()
     offset = 0 if train else NUM_TRAIN
     return images[offset + indices], labels[offset + indices]
+
+  def code_values(self) -> np.ndarray:
+    # The images are the 17 values k / 16 (exact in float32).
+    return np.arange(PIXEL_LEVELS, dtype=np.float32) / np.float32(16.0)
+
+  def pixel_codes(self, train: bool) -> tuple[np.ndarray, np.ndarray]:
+    n = self.info.num_train if train else self.info.num_eval
+    images, labels = self.raw(np.arange(n), train)
+    return np.rint(images * 16.0).astype(np.uint8), labels.astype(np.int32)
 
 
 def make_source(augment: bool = True,

@@ -106,6 +106,46 @@ class PadCropFlipSource:
     return augment.normalize(images, self.info.mean, self.info.std,
                              self.pixel_scale)
 
+  # Device-resident input (`ovsw_jax.data.device_input`) keeps a whole split
+  # on the devices as uint8 codes and looks the normalised values up in
+  # `code_table`. By default the codes are the raw uint8 images.
+
+  def code_values(self) -> np.ndarray:
+    """float32 [K]: the raw image value that code k stands for."""
+    return np.arange(256, dtype=np.float32)
+
+  def pixel_codes(self, train: bool) -> tuple[np.ndarray, np.ndarray]:
+    """A whole split as uint8 codes [N, H, W, C] and int32 labels [N].
+
+    ``code_values()[codes]`` equals `raw`'s images. Read in chunks, so a
+    source that makes its examples (synthetic) never holds more than one
+    chunk's temporaries.
+
+    Raises:
+      TypeError: `raw` gives images that are not uint8 (a subclass with
+        other images overrides this and `code_values`).
+    """
+    n = self.info.num_train if train else self.info.num_eval
+    chunk = 4096
+    parts = [self.raw(np.arange(s, min(s + chunk, n)), train)
+             for s in range(0, n, chunk)]
+    images = np.concatenate([p[0] for p in parts])
+    if images.dtype != np.uint8:
+      raise TypeError(
+          f'{self.info.name}: raw images are {images.dtype}, not uint8; '
+          'override pixel_codes and code_values to keep it on the devices.')
+    return images, np.concatenate([p[1] for p in parts]).astype(np.int32)
+
+  def code_table(self) -> np.ndarray:
+    """float32 [K, C]: the normalised value of code k in channel c.
+
+    `_normalize` of `code_values`, so looking codes up in it gives the host's
+    normalised images bit for bit, on any device (a gather, no arithmetic).
+    """
+    channels = self.info.image_shape[-1]
+    values = np.repeat(self.code_values()[:, None], channels, axis=1)
+    return self._normalize(values)
+
 
 def check_channels(name: str, values: Sequence[float], channels: int,
                    what: str) -> tuple[float, ...]:

@@ -10,7 +10,10 @@ The modules, in the order data flows through them:
 * `experiment`: what a config builds (dataset info, model, optimizer);
 * `state`: `TrainState`; `steps`: the jitted train/eval steps;
 * `mesh`: devices, mesh, shardings, jax.distributed; `cpu_fast_path`: the
-  CPU-only compiler options and bfloat16 binary operands;
+  CPU-only compiler options and bfloat16 binary operands; `determinism`:
+  XLA's GPU determinism flags (``config.deterministic``);
+* `input_feed`: where batches are made, host or devices
+  (``config.input_on_device``);
 * `checkpointing`, `checkpoint_saver` (saves retried, then a loud stop),
   `workdir` (config.json, checkpoint choice), `resume_guard` (a resume's
   config against config.json), `restart` (step 0 in a used workdir),

@@ -62,6 +62,13 @@ def _data_fields(config: ml_collections.ConfigDict) -> None:
   # the main process).
   config.prefetch = 2
   config.worker_count = 0
+  # Where batches are made: True: on the devices, from the dataset kept in
+  # their memory as uint8 (placed once; ovsw_jax.data.device_input); False:
+  # by the host pipeline; 'auto': on the devices for the in-memory datasets
+  # (cifar10, cifar100, digits, synthetic) on a GPU or TPU. Both make the
+  # same batches bit for bit: this key never changes a result, only speed.
+  config.input_on_device = config_dict.FieldReference("auto",
+                                                      field_type=object)
 
 
 
@@ -174,6 +181,11 @@ def _run_fields(config: ml_collections.ConfigDict) -> None:
   # A jax.profiler trace of this many steps, after 2 warm-up steps, into
   # <workdir>/profile (ovsw_jax.training.profiling); 0: off.
   config.profile_steps = 0
+  # Run-to-run determinism on GPUs (ovsw_jax.training.determinism): XLA's
+  # deterministic kernels and no autotuning, set in XLA_FLAGS before JAX
+  # starts its backend. Slower on GPUs; no effect on CPUs and TPUs. Changes
+  # which GPU kernels compute a step, not what the step computes.
+  config.deterministic = False
 
 
 def _stage_fields(config: ml_collections.ConfigDict) -> None:
@@ -211,14 +223,18 @@ CONFIG_KEYS = frozenset(default_config().keys())
 # guarded. Logging, checkpoint and evaluation cadence are here; the batches
 # are a pure function of (seed, step), so the input pipeline's workers and
 # buffering are too; data_dir is, so that a dataset may move between a run
-# and its resume. A new key that cannot change training is added here.
+# and its resume. input_on_device makes the host pipeline's batches bit for
+# bit; deterministic changes which GPU kernels compute a step, not its
+# formula (a non-deterministic GPU run has no exact resume to keep anyway).
+# A new key that cannot change training is added here.
 RESUME_NEUTRAL_KEYS = frozenset({
     "log_every_steps", "flip_stats_every_steps", "progress_bar",
     "profile_steps",
     "checkpoint_every_steps", "keep_checkpoints", "async_checkpointing",
     "restart_from_scratch", "allow_config_change",
     "eval_every_epochs", "eval_batch_size", "eval_only", "eval_checkpoint",
-    "data_dir", "prefetch", "worker_count",
+    "data_dir", "prefetch", "worker_count", "input_on_device",
+    "deterministic",
 })
 
 
@@ -298,6 +314,11 @@ def _check_values(config: ml_collections.ConfigDict) -> None:
         "'cosine' or 'linear'")
   check(config.eval_checkpoint in ("latest", "best"), "eval_checkpoint",
         "'latest' or 'best'")
+  check(isinstance(config.input_on_device, bool)
+        or config.input_on_device == "auto", "input_on_device",
+        "'auto', True or False")
+  check(isinstance(config.deterministic, bool), "deterministic",
+        "True or False")
   check(config.lars_trust_coefficient > 0, "lars_trust_coefficient", "> 0")
   check(config.bop_threshold >= 0, "bop_threshold", ">= 0")
   check(0 < config.bop_gamma <= 1, "bop_gamma", "in (0, 1]")

@@ -20,8 +20,10 @@ from ovsw_jax import data
 from ovsw_jax.data import dataset_digest
 from ovsw_jax.data import device_normalize
 from ovsw_jax.training import checkpointing
-from ovsw_jax.training import distill
 from ovsw_jax.training import config as config_lib
+from ovsw_jax.training import determinism
+from ovsw_jax.training import distill
+from ovsw_jax.training import input_feed
 from ovsw_jax.training import mesh as mesh_lib
 from ovsw_jax.training import metrics_io
 from ovsw_jax.training import restart
@@ -128,6 +130,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   """
   start_time = time.time()
   validate_config(config)
+  determinism.configure(config.deterministic)  # Before JAX's backend starts.
   mesh = mesh if mesh is not None else mesh_lib.create_mesh()
   eval_batch_size = _eval_batch_size(config, mesh)
   experiment = create_experiment(config, platform=_platform(mesh))
@@ -135,12 +138,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       mesh, config.cpu_fast_path,
       input_fn=device_normalize.normalizer(experiment.info))
 
+  feed = input_feed.InputFeed(config, mesh)
+
   def run_eval(state):
-    batches = data.create_eval_iterator(
-        config.dataset, config.data_dir, eval_batch_size,
-        worker_count=config.worker_count, prefetch=config.prefetch,
-        **config_lib.as_dict(config.dataset_options))
-    return steps_lib.evaluate(p_eval_step, state, batches, mesh)
+    return steps_lib.evaluate(p_eval_step, state,
+                              feed.eval_batches(eval_batch_size), mesh)
 
   manager = checkpointing.create_manager(
       workdir_lib.checkpoint_dir(workdir), keep=config.keep_checkpoints,
@@ -169,7 +171,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     writer = metrics_io.MetricsWriter(workdir, enabled=is_chief,
                                       keep_until_step=step)
     run = TrainingRun(config, experiment, manager, mesh, writer, run_eval,
-                      workdir)
+                      workdir, feed=feed)
     return run.train(state, start_time)
   finally:
     manager.wait_until_finished()

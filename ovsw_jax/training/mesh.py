@@ -161,7 +161,8 @@ def shard_batch(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
 
   Args:
     batch: this process's rows of the global batch (numpy arrays with the
-      same leading size on every process).
+      same leading size on every process), or global arrays already split
+      along 'data' (e.g. made on the devices), which are kept as they are.
     mesh: the data-parallel mesh.
 
   Returns:
@@ -169,7 +170,13 @@ def shard_batch(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
   """
   sharding = data_sharding(mesh)
   return {
-      k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+      k: v if _split_along_data(v, sharding) else
+      jax.make_array_from_process_local_data(sharding, np.asarray(v))
       for k, v in batch.items()
   }
+
+
+def _split_along_data(value: Any, sharding: NamedSharding) -> bool:
+  return (isinstance(value, jax.Array)
+          and value.sharding.is_equivalent_to(sharding, value.ndim))
 

@@ -19,14 +19,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ovsw_jax import data
 from ovsw_jax import diagnostics
 from ovsw_jax.data import dataset_digest
 from ovsw_jax.data import device_normalize
 from ovsw_jax.training import checkpoint_saver
-from ovsw_jax.training import config as config_lib
 from ovsw_jax.training import guards
-from ovsw_jax.training import mesh as mesh_lib
+from ovsw_jax.training import input_feed
 from ovsw_jax.training import metrics_io
 from ovsw_jax.training import preemption
 from ovsw_jax.training import profiling
@@ -42,8 +40,9 @@ class TrainingRun:
   """One training run's loop over steps ``state.step + 1 .. total_steps``."""
 
   def __init__(self, config, experiment: Experiment, manager, mesh, writer,
-               run_eval, workdir):
+               run_eval, workdir, feed: input_feed.InputFeed):
     self.config, self.experiment, self.workdir = config, experiment, workdir
+    self.feed = feed  # Where the batches are made: host or devices.
     self.manager, self.mesh, self.writer = manager, mesh, writer
     self.saver = checkpoint_saver.CheckpointSaver(
         manager, final_step=experiment.total_steps)
@@ -72,10 +71,7 @@ class TrainingRun:
     plan = schedules.plan_steps(config, experiment.steps_per_epoch,
                                 first_step, total)
     flip_ref = self._copy_params(state.params) if plan.flips else None
-    train_iter = data.create_train_iterator(
-        config.dataset, config.data_dir, config.batch_size, config.seed,
-        start_step=first_step, worker_count=config.worker_count,
-        prefetch=config.prefetch, **config_lib.as_dict(config.dataset_options))
+    train_iter = self.feed.train_batches(first_step)
     progress = EpochProgress(
         experiment.steps_per_epoch,
         math.ceil(total / experiment.steps_per_epoch),
@@ -86,7 +82,7 @@ class TrainingRun:
     try:
       for step in range(first_step + 1, total + 1):
         progress.start_step(step)
-        batch = mesh_lib.shard_batch(next(train_iter), self.mesh)
+        batch = next(train_iter)
         state, metrics = self.train_step(state, batch)
         self.window.steps.append(step)
         self.window.metrics.append(metrics)
@@ -118,9 +114,7 @@ class TrainingRun:
       watch.restore()
       profiler.close()
       progress.close()
-      close = getattr(train_iter, "close", None)
-      if close is not None:
-        close()
+      train_iter.close()
     return self._summary(state, first_step, start_time)
 
   def _record_flips(self, flip_ref, params):

@@ -13,7 +13,6 @@ from typing import Any, Callable, Iterable, Mapping
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from ovsw_jax import transforms
@@ -186,15 +185,23 @@ _EVAL_KEYS = ("loss", "top1", "top5", "count")
 
 def _zero_eval_totals(rows: int, mesh: jax.sharding.Mesh
                       ) -> dict[str, jax.Array]:
-  """Per-row zeros for this host's ``rows`` rows, sharded along 'data'."""
-  return mesh_lib.shard_batch(
-      {k: np.zeros([rows], np.float32) for k in _EVAL_KEYS}, mesh)
+  """Per-row zeros for the ``rows`` rows of a global batch, split along
+  'data'."""
+  return _zeros_fn(rows, mesh)()
+
+
+@functools.lru_cache(maxsize=8)
+def _zeros_fn(rows: int, mesh: jax.sharding.Mesh):
+  return jax.jit(
+      lambda: {k: jnp.zeros([rows], jnp.float32) for k in _EVAL_KEYS},
+      out_shardings=mesh_lib.data_sharding(mesh))
 
 
 def evaluate(eval_fn: Callable[..., Any], state: TrainState,
-             batches: Iterable[Mapping[str, np.ndarray]],
+             batches: Iterable[Mapping[str, Any]],
              mesh: jax.sharding.Mesh) -> dict[str, float]:
-  """One pass over eval batches (this host's rows of each global batch).
+  """One pass over eval batches (this host's rows of each global batch, or
+  global arrays already split along 'data').
 
   The per-row totals stay sharded during the pass and are summed across
   devices once, at the end, so no eval step waits on the other devices.
@@ -205,9 +212,10 @@ def evaluate(eval_fn: Callable[..., Any], state: TrainState,
   """
   totals = None
   for batch in batches:
+    batch = mesh_lib.shard_batch(batch, mesh)
     if totals is None:
-      totals = _zero_eval_totals(len(batch["label"]), mesh)
-    totals = eval_fn(state, mesh_lib.shard_batch(batch, mesh), totals)
+      totals = _zero_eval_totals(batch["label"].shape[0], mesh)
+    totals = eval_fn(state, batch, totals)
   if totals is None:
     raise ValueError("the eval split yielded no batches")
   sums = jax.jit(lambda t: jax.tree.map(jnp.sum, t),
