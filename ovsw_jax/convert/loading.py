@@ -70,7 +70,10 @@ def load_variables(path: Union[str, os.PathLike],
   """
   source = repr(os.fspath(path))
   if not os.path.exists(path):
-    raise FileNotFoundError(f"no file at {source}")
+    raise FileNotFoundError(
+        f"no file at {source}; convert a PyTorch checkpoint into it with "
+        "`python -m ovsw_jax.convert --model=<name> --torch_file=<.pth> "
+        f"--out={os.fspath(path)}`")
   if not files.is_converted_file(path):
     if not model_name:
       raise ValueError(
