@@ -142,9 +142,15 @@ def test_teacher_file_takes_the_converted_file(converted):
                from_pth.variables)
 
 
-def test_converted_file_errors_name_the_fix(converted):
+def test_converted_file_errors_name_the_fix(converted, capsys):
   _, root = converted
   npz, pth = str(root / "resnet18.npz"), str(root / "resnet18.pth")
+  # The command refuses a checkpoint of another model in one line.
+  with pytest.raises(SystemExit):
+    cli.main(["--model=resnet34_cifar", f"--torch_file={pth}",
+              f"--out={root / 'no.npz'}"])
+  assert "missing keys ['layer1.2.bn1.bias'" in capsys.readouterr().err
+  assert not (root / "no.npz").exists()
   with pytest.raises(ValueError, match="holds a 'resnet18_cifar', not a "
                      "'resnet34'"):
     convert.load_variables(npz, "resnet34")

@@ -45,10 +45,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                  f"{models.list_models()}")
   if not args.out.endswith(".npz"):
     parser.error(f"--out={args.out!r}: the converted file must end in .npz")
+  if not os.path.isfile(args.torch_file):
+    parser.error(f"--torch_file={args.torch_file!r}: no such file")
   name = models.canonical_name(args.model)
-  variables = state_dict.load_torch_checkpoint(
-      args.torch_file, name, args.num_classes,
-      weights_only=not args.trusted_pickle)
+  try:
+    variables = state_dict.load_torch_checkpoint(
+        args.torch_file, name, args.num_classes,
+        weights_only=not args.trusted_pickle)
+  except ValueError as e:  # Keys or shapes that do not fit: one line.
+    parser.error(str(e))
   num_classes = int(np.shape(variables["params"]["fc"]["kernel"])[-1])
   size = files.save(args.out, variables, name, num_classes,
                     source=os.path.basename(args.torch_file))
