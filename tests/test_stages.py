@@ -3,9 +3,9 @@
 A tiny cResNet20 (one block per stage, 8x8 synthetic images) runs ReActNet's
 two stages once per module: stage 1 with float weights
 (``binarize_weights=False``), stage 2 binary, initialised from stage 1 and
-distilling, as ReActNet, from a real-valued ResNet-18 (configs/
-cifar10_float_resnet18.py, width 4, one block per stage) trained first with
-method 'vanilla'.
+distilling, as ReActNet, from a real-valued ResNet (the recipe
+configs/cifar10_float_resnet18.py cut to width 4 and two one-block stages)
+trained first with method 'vanilla'.
 """
 
 import glob
@@ -90,7 +90,7 @@ def _teacher_config():
   config.update({k: v for k, v in SMALL.items()
                  if k not in ("model", "model_options")})
   config.update(dataset_options=_DATA, num_epochs=2, warmup_epochs=0)
-  config.model_options.update(width=4, stage_sizes=(1, 1, 1, 1))
+  config.model_options.update(width=4, stage_sizes=(1, 1))
   return config
 
 
@@ -149,7 +149,7 @@ def test_the_teachers_logits_enter_the_loss(stages, stage2_start):
   assert teacher is not None and teacher.weight == 1.0
   # The teacher's config.json gives the stage sizes back as a list.
   assert teacher.apply_fn.__self__ == models.get_model(
-      "resnet18_cifar", 10, width=4, stage_sizes=[1, 1, 1, 1])
+      "resnet18_cifar", 10, width=4, stage_sizes=[1, 1])
   assert not any(jax.tree.leaves(masks.binary_kernel_mask(
       teacher.variables["params"])))
   batch = next(data.create_train_iterator(
