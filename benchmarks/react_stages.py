@@ -104,15 +104,37 @@ def teacher_dir(args: argparse.Namespace) -> Path:
   return Path(args.runs_dir) / "teacher"
 
 
+TEACHER_RESULT = "teacher.json"
+
+
 def run_teacher(args: argparse.Namespace) -> dict[str, Any]:
-  """Trains the real-valued teacher (resuming); its curve and final top-1."""
+  """Trains the real-valued teacher once; its curve and final top-1.
+
+  The result is kept in ``<runs_dir>/teacher/teacher.json``; later calls
+  (say, one process per seed, side by side) read it instead of touching
+  the workdir, after checking it was trained with these `TEACHER_ARGS`.
+
+  Raises:
+    ValueError: the runs_dir's teacher was trained with other settings.
+  """
+  record = teacher_dir(args) / TEACHER_RESULT
+  want = {"width": args.teacher_width, "epochs": args.teacher_epochs,
+          "seed": args.teacher_seed}
+  if record.exists():
+    result = json.loads(record.read_text())
+    got = {k: result.get(k) for k in want}
+    if got != want:
+      raise ValueError(f"{record} holds a teacher trained with {got}, not "
+                       f"{want}; use another --runs_dir")
+    return result
   start = time.time()
   final = loop.train_and_evaluate(teacher_config(args), str(teacher_dir(args)))
-  return {"model": "resnet18_cifar", "width": args.teacher_width,
-          "epochs": args.teacher_epochs, "seed": args.teacher_seed,
-          "final_eval_top1": final["eval_top1"],
-          "curve": _curve(teacher_dir(args), 0.0),
-          "wall_s": time.time() - start}
+  result = {"model": "resnet18_cifar", **want,
+            "final_eval_top1": final["eval_top1"],
+            "curve": _curve(teacher_dir(args), 0.0),
+            "wall_s": time.time() - start}
+  record.write_text(json.dumps(result, indent=2) + "\n")
+  return result
 
 
 def _curve(workdir: Path, epoch_offset: float) -> list[dict[str, float]]:
@@ -273,7 +295,7 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument("--methods", default=",".join(METHODS))
   parser.add_argument("--schemes", default="one_stage,two_stage",
                       help=f"comma-separated, of {list(SCHEMES)}")
-  parser.add_argument("--teacher_width", type=int, default=32,
+  parser.add_argument("--teacher_width", type=int, default=16,
                       help="the real-valued teacher's first-stage width")
   parser.add_argument("--teacher_epochs", type=int, default=3)
   parser.add_argument("--teacher_seed", type=int, default=0)

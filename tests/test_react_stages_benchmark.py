@@ -132,3 +132,19 @@ def test_the_distilled_arm_and_the_teacher_are_configured_as_documented():
     experiment.validate_config(config)
     assert (config.teacher_workdir, config.distill_weight) == (
         "/runs/teacher", 1.0)
+
+
+def test_a_trained_teacher_is_read_back_and_checked(tmp_path):
+  """The second process finds the teacher's result instead of training it
+  again, and refuses one trained with other settings."""
+  args = react_stages._parser().parse_args(  # pylint: disable=protected-access
+      [f"--runs_dir={tmp_path}", "--teacher_width=16", "--teacher_epochs=3"])
+  react_stages.teacher_dir(args).mkdir()
+  record = {"model": "resnet18_cifar", "width": 16, "epochs": 3, "seed": 0,
+            "final_eval_top1": 0.7, "curve": [], "wall_s": 9.0}
+  (react_stages.teacher_dir(args) / react_stages.TEACHER_RESULT).write_text(
+      json.dumps(record))
+  assert react_stages.run_teacher(args) == record
+  args.teacher_epochs = 4
+  with pytest.raises(ValueError, match="'epochs': 3.*'epochs': 4"):
+    react_stages.run_teacher(args)
