@@ -219,7 +219,7 @@ def _same(paths: list[str], settings: list[dict[str, Any]], what: str
 
 def merge(paths: list[str]) -> dict[str, Any]:
   """One result from several invocations' JSON files (say, one per seed, run
-  side by side, or arms run at different times).
+  side by side, or arms run at different times; earlier merges too).
 
   Every file must have the same `BUDGET_ARGS`; the files with distilled arms
   the same `TEACHER_ARGS` and teacher result. Which seeds, methods and
@@ -244,10 +244,14 @@ def merge(paths: list[str]) -> dict[str, Any]:
   twice = sorted({k for k in keys if keys.count(k) > 1})
   if twice:
     raise ValueError(f"runs {twice} come in more than one of {paths}")
-  result = {"commands": [part["command"] for part in parts],
+  # A file may itself be a merge (its commands and machines, listed).
+  result = {"commands": [c for p in parts
+                         for c in p.get("commands", [p.get("command")])],
             "args": {k: parts[0]["args"].get(k) for k in BUDGET_ARGS},
             "seeds": sorted({r["seed"] for r in runs}),
-            "machines": [part["machine"] for part in parts], "runs": runs}
+            "machines": [m for p in parts
+                         for m in p.get("machines", [p.get("machine")])],
+            "runs": runs}
   if distilled:
     result["args"].update(
         {k: distilled[0][1]["args"][k] for k in TEACHER_ARGS})

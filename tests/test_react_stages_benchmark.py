@@ -89,12 +89,16 @@ def _kd_part(tmp_path, seed, teacher_top1=0.8, **args):
 
 def test_merge_joins_distilled_arms_to_earlier_runs_of_the_same_budget(
     tmp_path):
-  """Files written before the teacher existed (no teacher arguments) merge
-  with distilled ones of the same budget; the distillation effect is the
-  difference of the two-stage arms' means."""
-  parts = [_part(tmp_path, 0), _part(tmp_path, 1), _kd_part(tmp_path, 0),
-           _kd_part(tmp_path, 1)]
-  merged = react_stages.merge(parts)
+  """A merge written before the teacher existed (no teacher arguments)
+  merges with distilled files of the same budget; the distillation effect
+  is the difference of the two-stage arms' means."""
+  earlier = tmp_path / "earlier.json"
+  earlier.write_text(json.dumps(react_stages.merge(
+      [_part(tmp_path, 0), _part(tmp_path, 1)])))
+  merged = react_stages.merge([str(earlier), _kd_part(tmp_path, 0),
+                               _kd_part(tmp_path, 1)])
+  assert merged["commands"] == ["seed 0", "seed 1", "kd 0", "kd 1"]
+  assert len(merged["machines"]) == 4 and len(merged["runs"]) == 12
   assert merged["teacher"]["final_eval_top1"] == 0.8
   assert merged["args"]["teacher_width"] == 32
   effects = react_stages.effects(react_stages.aggregate(merged["runs"]))
