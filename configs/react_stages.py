@@ -6,8 +6,12 @@ weights too and starts from stage 1's workdir (``init_from``, required; weight
 decay 0). Both use Adam at lr 5e-4 with a per-epoch linear decay to 0 and no
 warmup, decay only on conv/dense kernels (the reference's ``train.py``), and
 distil from a teacher when one is given (``teacher_workdir`` or
-``teacher_file``; the reference's teacher is a float ResNet-34, which is not
-among our models: pass a workdir of ours or a converted .pth).
+``teacher_file``). `imagenet_teacher` names ReActNet's: torchvision's
+ImageNet-pretrained ResNet-34 (``ResNet34_Weights.IMAGENET1K_V1``, the file
+resnet34-b627a593.pth), our real-valued ``resnet34``, converted once::
+
+  python -m ovsw_jax.convert --model=resnet34 \
+      --torch_file=resnet34-b627a593.pth --out=resnet34_torchvision.npz
 """
 
 import ml_collections
@@ -15,6 +19,19 @@ import ml_collections
 from ovsw_jax.training import config as config_lib
 
 STAGES = ("stage1", "stage2")
+# ReActNet's teacher, as `python -m ovsw_jax.convert` writes it (above).
+TEACHER_MODEL = "resnet34"
+TEACHER_FILE = "resnet34_torchvision.npz"
+
+
+def imagenet_teacher(config: ml_collections.ConfigDict
+                     ) -> ml_collections.ConfigDict:
+  """Distils from torchvision's ResNet-34, converted to `TEACHER_FILE` (a
+  path relative to the working directory; ``--config.teacher_file=<path>``
+  points elsewhere, ``--config.teacher_file=''`` trains without it)."""
+  config.teacher_model = TEACHER_MODEL
+  config.teacher_file = TEACHER_FILE
+  return config
 
 
 def apply_stage(config: ml_collections.ConfigDict, stage: str

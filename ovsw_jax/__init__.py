@@ -4,7 +4,7 @@ The public API, re-exported (`__all__`)::
 
   ovsw_jax.sign_ste, approx_sign, ste_sign, swish_sign   # estimators (ops)
   ovsw_jax.BinaryConv, BinaryDense, LATENT_KERNEL        # layers
-  ovsw_jax.get_model, list_models                        # the five models
+  ovsw_jax.get_model, list_models                        # binary and float models
   ovsw_jax.binary_kernel_mask, binary_or_float           # masks
   ovsw_jax.adaptive_gradient_scaling, silence_awareness_decay, ovsw,
   ovsw_jax.AdaptiveGradientScalingState, SilenceAwarenessDecayState,
@@ -19,7 +19,8 @@ and the submodules `ops`, `layers`, `models`, `masks`, `transforms`,
 docs/semantics.md.
 
 Submodules not imported here (they pull in heavier dependencies): `data`
-(input pipelines), `convert` (reference PyTorch checkpoints), `training`
+(input pipelines), `convert` (PyTorch checkpoints: the reference's,
+torchvision's; ``python -m ovsw_jax.convert``), `training`
 (config schema, method registry, train state and steps, mesh, checkpoints,
 the training loop) and `deploy` (bit packing, export to a packed 1-bit
 file, the file format, XNOR-popcount inference, and its command lines).

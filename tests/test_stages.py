@@ -3,7 +3,9 @@
 A tiny cResNet20 (one block per stage, 8x8 synthetic images) runs ReActNet's
 two stages once per module: stage 1 with float weights
 (``binarize_weights=False``), stage 2 binary, initialised from stage 1 and
-distilling from it as the teacher.
+distilling, as ReActNet, from a real-valued ResNet (the recipe
+configs/cifar10_float_resnet18.py cut to width 4 and two one-block stages)
+trained first with method 'vanilla'.
 """
 
 import glob
@@ -14,7 +16,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import cifar10_float_resnet18
 from ovsw_jax import layers
+from ovsw_jax import masks
+from ovsw_jax import models
 from ovsw_jax.data import device_normalize
 from ovsw_jax import data
 from ovsw_jax.training import distill
@@ -24,6 +29,7 @@ from ovsw_jax.training import mesh as mesh_lib
 from ovsw_jax.training import metrics_io
 from ovsw_jax.training import state as state_lib
 from ovsw_jax.training import warm_start
+from tests.test_methods import SMALL
 from tests.test_methods import small_config
 
 _DATA = {"image_shape": (8, 8, 3), "num_train": 8, "num_eval": 8}
@@ -73,15 +79,26 @@ def _stage_configs(root):
                                        "binarize_weights": False},
                         weight_decay=1e-5, **common)
   stage2 = small_config(init_from=str(root / "stage1"),
-                        teacher_workdir=str(root / "stage1"),
+                        teacher_workdir=str(root / "teacher"),
                         weight_decay=0.0, **common)
   return stage1, stage2
+
+
+def _teacher_config():
+  """The real-valued recipe, cut to the students' tiny data and length."""
+  config = cifar10_float_resnet18.get_config()
+  config.update({k: v for k, v in SMALL.items()
+                 if k not in ("model", "model_options")})
+  config.update(dataset_options=_DATA, num_epochs=2, warmup_epochs=0)
+  config.model_options.update(width=4, stage_sizes=(1, 1))
+  return config
 
 
 @pytest.fixture(scope="module")
 def stages(tmp_path_factory):
   root = tmp_path_factory.mktemp("stages")
   stage1, stage2 = _stage_configs(root)
+  loop.train_and_evaluate(_teacher_config(), str(root / "teacher"))
   loop.train_and_evaluate(stage1, str(root / "stage1"))
   loop.train_and_evaluate(stage2, str(root / "stage2"))
   return root, stage1, stage2
@@ -124,12 +141,17 @@ def test_stage2_starts_from_stage1_exactly_with_a_fresh_optimizer(
 
 def test_the_teachers_logits_enter_the_loss(stages, stage2_start):
   """Stage 2's logged loss at step 1 is the NumPy distribution loss of its
-  student's logits against the teacher's (stage 1's final model)."""
+  student's logits against the real-valued teacher's."""
   root, _, stage2 = stages
   exp, state = stage2_start
   mesh = mesh_lib.create_mesh()
   teacher = distill.load_teacher(stage2, exp.info.num_classes, mesh)
   assert teacher is not None and teacher.weight == 1.0
+  # The teacher's config.json gives the stage sizes back as a list.
+  assert teacher.apply_fn.__self__ == models.get_model(
+      "resnet18_cifar", 10, width=4, stage_sizes=[1, 1])
+  assert not any(jax.tree.leaves(masks.binary_kernel_mask(
+      teacher.variables["params"])))
   batch = next(data.create_train_iterator(
       stage2.dataset, None, stage2.batch_size, stage2.seed, prefetch=0,
       **_DATA))
@@ -164,15 +186,20 @@ def test_kill_and_resume_is_exact_within_stage2(stages):
     np.testing.assert_array_equal(x, y, err_msg=str(path))
 
 
-@pytest.mark.parametrize("recipe,model,batch", [
-    ("imagenet_reactnet_a", "reactnet_a", 256),
-    ("imagenet_react_resnet18", "react_resnet18", 512),
-    ("cifar10_react_resnet18", "react_resnet18_cifar", 256),
+@pytest.mark.parametrize("recipe,model,batch,teacher", [
+    ("imagenet_reactnet_a", "reactnet_a", 256, "resnet34"),
+    ("imagenet_react_resnet18", "react_resnet18", 512, "resnet34"),
+    ("cifar10_react_resnet18", "react_resnet18_cifar", 256, None),
 ])
-def test_react_recipes_have_two_stages(recipe, model, batch):
+def test_react_recipes_have_two_stages(recipe, model, batch, teacher):
   module = __import__(f"configs.{recipe}", fromlist=["get_config"])
   stage1, stage2 = module.get_config("stage1"), module.get_config("stage2")
   experiment_lib.validate_config(stage1)
+  # ReActNet distils both stages from torchvision's float ResNet-34.
+  for stage in (stage1, stage2):
+    assert stage.teacher_model == teacher
+    assert stage.teacher_file == (teacher and "resnet34_torchvision.npz")
+    assert teacher is None or not models.is_binary(stage.teacher_model)
   assert (stage1.model, stage1.batch_size, stage1.method) == (
       model, batch, "ovsw+adam")
   assert stage1.model_options.binarize_weights is False

@@ -1,6 +1,9 @@
-"""The five OvSW models and a registry to build them by name.
+"""The OvSW models, ReActNet's, real-valued ResNets, and a registry by name.
 
-The architectures are described in docs/semantics.md, section 3.
+The binary architectures are described in docs/semantics.md, section 3.
+The real-valued ResNet-18/34 (`float_resnet`, torchvision's architecture,
+and CIFAR variants) are teachers for distillation; `is_binary` tells them
+apart (`REAL_VALUED`).
 
 Example::
 
@@ -22,10 +25,12 @@ from typing import Any, Callable
 import flax.linen as nn
 
 from ovsw_jax.models import blocks
+from ovsw_jax.models import float_resnet
 from ovsw_jax.models import resnet_cifar
 from ovsw_jax.models import resnet_imagenet
 from ovsw_jax.models import vgg
 from ovsw_jax.models.react_resnet import ReActResNet18, ReActResNet34
+from ovsw_jax.models.float_resnet import FloatResNet
 from ovsw_jax.models.reactnet import ReActNetA
 from ovsw_jax.models.resnet_cifar import CResNet18, CResNet20
 from ovsw_jax.models.resnet_imagenet import ResNet, ResNet18, ResNet34
@@ -45,7 +50,20 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "react_resnet18": ReActResNet18,
     "react_resnet34": ReActResNet34,
     "react_resnet18_cifar": functools.partial(ReActResNet18, cifar_stem=True),
+    # Real-valued, torchvision's architecture (ReActNet's teacher is its
+    # ResNet-34); the _cifar variants have a 3x3 stride-1 stem, no max pool.
+    "resnet18": float_resnet.FloatResNet18,
+    "resnet34": float_resnet.FloatResNet34,
+    "resnet18_cifar": functools.partial(float_resnet.FloatResNet18,
+                                        cifar_stem=True),
+    "resnet34_cifar": functools.partial(float_resnet.FloatResNet34,
+                                        cifar_stem=True),
 }
+
+# The models with no binary layer (no ``latent_kernel``): methods that act on
+# binary weights (AGS, SAD, Bop, ...) have nothing to do there.
+REAL_VALUED = frozenset(
+    {"resnet18", "resnet34", "resnet18_cifar", "resnet34_cifar"})
 
 # Input (H, W, C) each model is meant for; VGG-small's classifier size
 # (8192 = 512 * 4 * 4) depends on it.
@@ -60,12 +78,25 @@ INPUT_SHAPES: dict[str, tuple[int, int, int]] = {
     "react_resnet18": (224, 224, 3),
     "react_resnet34": (224, 224, 3),
     "react_resnet18_cifar": (32, 32, 3),
+    "resnet18": (224, 224, 3),
+    "resnet34": (224, 224, 3),
+    "resnet18_cifar": (32, 32, 3),
+    "resnet34_cifar": (32, 32, 3),
 }
 
 
 def list_models() -> list[str]:
   """Names accepted by `get_model`."""
   return list(MODELS)
+
+
+def is_binary(name: str) -> bool:
+  """Whether the model called ``name`` has binary layers (see `REAL_VALUED`).
+
+  Raises:
+    ValueError: if no model is called ``name``.
+  """
+  return canonical_name(name) not in REAL_VALUED
 
 
 def canonical_name(name: str) -> str:
@@ -89,10 +120,12 @@ def get_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
       ``cResNet20_1w1a`` works too).
     num_classes: number of logits.
     **kwargs: module attributes: ``dtype`` (compute dtype; params stay
-      float32), ``bn_axis_name``, ``conv`` (binary conv module class, default
-      `ovsw_jax.layers.BinaryConv`), ``activation_estimator``,
-      ``weight_estimator``, ``learnable_scale``, ``binary_operand_dtype``
-      (passed to every binary conv), and ``stage_sizes`` for the ResNets.
+      float32), ``bn_axis_name``; for the binary models ``conv`` (binary conv
+      module class, default `ovsw_jax.layers.BinaryConv`),
+      ``activation_estimator``, ``weight_estimator``, ``learnable_scale``,
+      ``binary_operand_dtype`` (passed to every binary conv); ``stage_sizes``
+      for the ResNets, ``width`` for the ReAct-ResNets and real-valued
+      ResNets.
 
   Returns:
     An unbound ``flax.linen.Module``; call as ``model.apply(variables, x,
@@ -117,7 +150,8 @@ def get_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
 
 
 __all__ = [
-    "CResNet18", "CResNet20", "INPUT_SHAPES", "MODELS", "ResNet", "ResNet18",
-    "ResNet34", "VGGSmall", "blocks", "canonical_name", "get_model",
-    "list_models", "resnet_cifar", "resnet_imagenet", "vgg",
+    "CResNet18", "CResNet20", "FloatResNet", "INPUT_SHAPES", "MODELS",
+    "REAL_VALUED", "ResNet", "ResNet18", "ResNet34", "VGGSmall", "blocks",
+    "canonical_name", "float_resnet", "get_model", "is_binary", "list_models",
+    "resnet_cifar", "resnet_imagenet", "vgg",
 ]

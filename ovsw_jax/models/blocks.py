@@ -121,8 +121,8 @@ class PReLU(nn.Module):
     return jnp.where(x >= 0, x, slope.astype(x.dtype) * x)
 
 
-class BinaryNet(nn.Module):
-  """Fields and helpers common to the five models.
+class Network(nn.Module):
+  """Fields and helpers of every model, binary or real-valued.
 
   Attributes:
     num_classes: number of logits.
@@ -130,37 +130,11 @@ class BinaryNet(nn.Module):
       the logits are returned in float32.
     bn_axis_name: ``axis_name`` of every BatchNorm, to average batch statistics
       over a mapped axis (``shard_map``, ``pmap``, ``vmap``).
-    conv: the binary convolution module class (or partial), called as
-      ``conv(features, kernel_size=..., strides=..., dtype=..., name=...)`` and
-      applied as ``conv(...)(x, train=train)``. Default `layers.BinaryConv`.
-    activation_estimator: passed to every binary conv when not None.
-    weight_estimator: passed to every binary conv when not None.
-    learnable_scale: passed to every binary conv when not None.
-    binary_operand_dtype: passed to every binary conv when not None (see
-      `layers.BinaryConv`).
-    binarize_weights: passed to every binary conv when not None; False:
-      float weights, binary activations (ReActNet's stage 1).
   """
 
   num_classes: int
   dtype: Dtype = jnp.float32
   bn_axis_name: Optional[str] = None
-  conv: ModuleDef = layers.BinaryConv
-  activation_estimator: Optional[Union[str, ops.Estimator]] = None
-  weight_estimator: Optional[Union[str, ops.Estimator]] = None
-  learnable_scale: Optional[bool] = None
-  binary_operand_dtype: Optional[Dtype] = None
-  binarize_weights: Optional[bool] = None
-
-  def binary_conv(self, **kwargs: Any) -> ModuleDef:
-    """``self.conv`` with the compute dtype and the binary options bound."""
-    options = dict(activation_estimator=self.activation_estimator,
-                   weight_estimator=self.weight_estimator,
-                   learnable_scale=self.learnable_scale,
-                   binary_operand_dtype=self.binary_operand_dtype,
-                   binarize_weights=self.binarize_weights)
-    options = {k: v for k, v in options.items() if v is not None}
-    return functools.partial(self.conv, dtype=self.dtype, **options, **kwargs)
 
   def float_conv(self, kernel_init: Optional[Initializer] = None) -> ModuleDef:
     """A bias-free float ``nn.Conv`` (pass torch padding when calling it)."""
@@ -193,6 +167,40 @@ class BinaryNet(nn.Module):
     x = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=fc_init,
                  bias_init=fc_bias_init, name="fc")(x)
     return x.astype(jnp.float32)
+
+
+class BinaryNet(Network):
+  """`Network` plus the options of the binary convs (the five OvSW models).
+
+  Attributes:
+    conv: the binary convolution module class (or partial), called as
+      ``conv(features, kernel_size=..., strides=..., dtype=..., name=...)`` and
+      applied as ``conv(...)(x, train=train)``. Default `layers.BinaryConv`.
+    activation_estimator: passed to every binary conv when not None.
+    weight_estimator: passed to every binary conv when not None.
+    learnable_scale: passed to every binary conv when not None.
+    binary_operand_dtype: passed to every binary conv when not None (see
+      `layers.BinaryConv`).
+    binarize_weights: passed to every binary conv when not None; False:
+      float weights, binary activations (ReActNet's stage 1).
+  """
+
+  conv: ModuleDef = layers.BinaryConv
+  activation_estimator: Optional[Union[str, ops.Estimator]] = None
+  weight_estimator: Optional[Union[str, ops.Estimator]] = None
+  learnable_scale: Optional[bool] = None
+  binary_operand_dtype: Optional[Dtype] = None
+  binarize_weights: Optional[bool] = None
+
+  def binary_conv(self, **kwargs: Any) -> ModuleDef:
+    """``self.conv`` with the compute dtype and the binary options bound."""
+    options = dict(activation_estimator=self.activation_estimator,
+                   weight_estimator=self.weight_estimator,
+                   learnable_scale=self.learnable_scale,
+                   binary_operand_dtype=self.binary_operand_dtype,
+                   binarize_weights=self.binarize_weights)
+    options = {k: v for k, v in options.items() if v is not None}
+    return functools.partial(self.conv, dtype=self.dtype, **options, **kwargs)
 
 
 def config_fields(module_cls: Any) -> list[str]:

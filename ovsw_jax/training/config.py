@@ -28,8 +28,11 @@ def _model_fields(config: ml_collections.ConfigDict) -> None:
   """The network."""
 
   # --- Model -----------------------------------------------------------------
-  # One of ovsw_jax.models.list_models(): cresnet20_1w1a, cresnet18_1w1a,
-  # vggsmall_1w1a, resnet18_1w1a, resnet34_1w1a.
+  # One of ovsw_jax.models.list_models(): the binary cresnet20_1w1a,
+  # cresnet18_1w1a, vggsmall_1w1a, resnet18_1w1a, resnet34_1w1a, ReActNet's
+  # reactnet_a, react_resnet18/34 (and _cifar variants); the real-valued
+  # resnet18, resnet34, resnet18_cifar, resnet34_cifar (torchvision's
+  # architecture; teachers), which train with method 'vanilla' or 'adam'.
   config.model = "cresnet20_1w1a"
   # Extra keyword arguments of ovsw_jax.models.get_model (e.g.
   # activation_estimator, weight_estimator, learnable_scale).
@@ -76,7 +79,8 @@ def _method_fields(config: ml_collections.ConfigDict) -> None:
   """The method and its optimizer's hyperparameters."""
   # --- Method / optimizer ----------------------------------------------------
   # '+'-joined parts applied to the gradient, in order, before weight decay
-  # and SGD: 'vanilla' (none), 'ags', 'sad', 'ovsw' (= 'ags+sad', the
+  # and SGD: 'vanilla' (none: plain wd + SGD, the only kind with 'adam' for
+  # a real-valued model), 'ags', 'sad', 'ovsw' (= 'ags+sad', the
   # reference's order), 'lars' (LARS's layer-wise trust ratio in AGS's
   # place). AGS, SAD and LARS act on the binary latent kernels only. Peers:
   # 'bop' (Bop flips binary kernels; wd + SGD on the float params),
@@ -198,8 +202,10 @@ def _stage_fields(config: ml_collections.ConfigDict) -> None:
   config.init_from = config_dict.placeholder(str)
   # The teacher of the distribution loss: a workdir of ours (its config.json
   # names the model) at teacher_checkpoint ('latest', 'best' or a step), or a
-  # reference .pth (teacher_file, converted by ovsw_jax.convert) of model
-  # teacher_model. None for both: no teacher.
+  # teacher_file: a .npz written by `python -m ovsw_jax.convert` (it names
+  # its model; e.g. torchvision's ResNet-34 as model 'resnet34', ReActNet's
+  # teacher), or a PyTorch .pth of model teacher_model, converted on load.
+  # None for both: no teacher.
   config.teacher_workdir = config_dict.placeholder(str)
   config.teacher_checkpoint = "latest"
   config.teacher_file = config_dict.placeholder(str)
@@ -357,6 +363,8 @@ def _check_stage_values(config: ml_collections.ConfigDict, check) -> None:
         "'latest', 'best' or a step number >= 0")
   check(not (config.teacher_workdir and config.teacher_file), "teacher_file",
         "None when teacher_workdir is set (one teacher)")
-  check(not config.teacher_file or bool(config.teacher_model),
-        "teacher_model", "a model name with teacher_file (e.g. "
-        "'resnet34_1w1a'), to convert the file's state_dict")
+  check(not config.teacher_file or bool(config.teacher_model)
+        or str(config.teacher_file).endswith(".npz"), "teacher_model",
+        "a model name with a PyTorch teacher_file (e.g. 'resnet34'), to "
+        "convert its state_dict; or convert it once with `python -m "
+        "ovsw_jax.convert` and pass the .npz")

@@ -92,13 +92,15 @@ def load_teacher(config: ml_collections.ConfigDict, num_classes: int,
   """The config's teacher, replicated over ``mesh``; None without one.
 
   Args:
-    config: reads teacher_workdir, teacher_checkpoint, teacher_file,
-      teacher_model, distill_weight.
+    config: reads teacher_workdir, teacher_checkpoint, teacher_file (a
+      ``.npz`` written by ``python -m ovsw_jax.convert``, or a PyTorch
+      checkpoint of model teacher_model), teacher_model, distill_weight.
     num_classes: the student's head width (the teacher's must match).
     mesh: where the teacher's variables go.
 
   Raises:
-    ValueError: teacher_model disagrees with the workdir's model.
+    ValueError: teacher_model disagrees with the workdir's or the
+      converted file's model, or the file does not fit it.
     FileNotFoundError: no such workdir, checkpoint or file.
   """
   if config.teacher_workdir:
@@ -110,11 +112,11 @@ def load_teacher(config: ml_collections.ConfigDict, num_classes: int,
           f"{config.teacher_workdir} trained {teacher_config.model!r}; leave "
           "teacher_model unset with a teacher_workdir")
   elif config.teacher_file:
-    model = models.get_model(config.teacher_model, num_classes)
-    variables = jax.device_put(
-        convert.load_torch_checkpoint(config.teacher_file,
-                                      config.teacher_model, num_classes),
-        mesh_lib.replicated(mesh))
+    # A converted .npz names its model; a .pth needs teacher_model.
+    name, variables = convert.load_variables(
+        config.teacher_file, config.teacher_model, num_classes)
+    model = models.get_model(name, num_classes)
+    variables = jax.device_put(variables, mesh_lib.replicated(mesh))
   else:
     return None
   return Teacher(variables=variables, apply_fn=model.apply,

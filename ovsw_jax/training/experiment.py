@@ -13,20 +13,33 @@ import ml_collections
 import optax
 
 from ovsw_jax import data
+from ovsw_jax import models
 from ovsw_jax.training import config as config_lib
 from ovsw_jax.training import methods
 from ovsw_jax.training import schedules
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
-  """`config_lib.validate_config`, then the method's parts.
+  """`config_lib.validate_config`, then the method's parts and whether they
+  fit the model.
+
+  'vanilla' (weight decay + SGD momentum) and 'adam' train any model; the
+  other parts act on binary weights (`methods.binary_only_parts`), and a
+  real-valued model has none: refused rather than silently idle.
 
   Raises:
-    ValueError: unknown or missing keys, a bad value, or an unknown method
-      part (naming the known ones).
+    ValueError: unknown or missing keys, a bad value, an unknown method
+      part (naming the known ones), or a part acting on binary weights with
+      a real-valued model.
   """
   config_lib.validate_config(config)
-  methods.method_parts(config.method)
+  binary = methods.binary_only_parts(config.method)
+  if binary and not models.is_binary(config.model):
+    raise ValueError(
+        f"config.method={config.method!r}: its part(s) {binary} act on "
+        f"binary weights, and config.model={config.model!r} is real-valued "
+        "(no binary layer); use --config.method=vanilla (weight decay + SGD "
+        "momentum) or --config.method=adam")
 
 
 class Experiment(NamedTuple):

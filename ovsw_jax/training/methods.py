@@ -12,6 +12,12 @@
 
 A new method registers its parts with `register_method`; nothing else in
 the trainer changes (RBNN's and AdaBin's are in `peer_methods`).
+
+'vanilla' adds no part: the default optimizer, weight decay + SGD momentum.
+For a binary model that is BNN training without OvSW; for a real-valued
+model (`ovsw_jax.models.REAL_VALUED`) it is ordinary SGD training, as 'sgd'.
+Parts registered ``binary_only`` (all but 'sgd' and 'adam') are refused with
+a real-valued model (`experiment.validate_config`), not silently idle.
 `create_optimizer`, `create_model` and `create_model_state_fn` build a run's optimizer chain, network and
 model-state schedule from the registry.
 """
@@ -90,10 +96,14 @@ class MethodPart(NamedTuple):
     build: the builder (`PartBuilder`, or for 'model' parts a function of the
       config returning a `ModelChange`).
     expands_to: for aliases, the parts it stands for.
+    binary_only: whether the part acts on binary weights only (masked to
+      latent kernels, or changing the binary convs), so that a real-valued
+      model has nothing for it to do.
   """
   stage: str
   build: Optional[Callable[..., Any]] = None
   expands_to: tuple[str, ...] = ()
+  binary_only: bool = True
 
 
 _METHOD_PARTS: dict[str, MethodPart] = {}
@@ -101,7 +111,8 @@ _METHOD_PARTS: dict[str, MethodPart] = {}
 
 def register_method(name: str, stage: str,
                     build: Optional[Callable[..., Any]] = None,
-                    expands_to: Sequence[str] = ()) -> None:
+                    expands_to: Sequence[str] = (),
+                    binary_only: bool = True) -> None:
   """Registers a method part usable in ``config.method`` ('a+b+...').
 
   Args:
@@ -110,6 +121,9 @@ def register_method(name: str, stage: str,
     build: for 'gradient' and 'optimizer' parts a `PartBuilder`; for 'model'
       parts ``build(config) -> ModelChange``.
     expands_to: for 'alias' parts, the parts it stands for, in order.
+    binary_only: False for a part that also trains real-valued models (an
+      optimizer of every parameter); True (the default) refuses the part
+      with a model of `ovsw_jax.models.REAL_VALUED`.
   """
   if "+" in name or not name:
     raise ValueError(f"method part name {name!r} must be non-empty without '+'")
@@ -119,7 +133,8 @@ def register_method(name: str, stage: str,
   if (stage == "alias") != (build is None):
     raise ValueError("aliases take expands_to and no build; other parts a "
                      "build function")
-  _METHOD_PARTS[name] = MethodPart(stage, build, tuple(expands_to))
+  _METHOD_PARTS[name] = MethodPart(stage, build, tuple(expands_to),
+                                   binary_only)
 
 
 def method_parts(method: str) -> list[str]:
@@ -154,6 +169,12 @@ def method_parts(method: str) -> list[str]:
     raise ValueError(f"config.method={method!r} names several optimizers "
                      f"{optimizers}; use at most one")
   return parts
+
+
+def binary_only_parts(method: str) -> list[str]:
+  """The parts of ``method`` that act on binary weights only (registered
+  ``binary_only``): nothing to do on a real-valued model."""
+  return [p for p in method_parts(method) if _METHOD_PARTS[p].binary_only]
 
 
 def weight_decay_mask(config: ml_collections.ConfigDict
@@ -233,7 +254,7 @@ def _recu(config):
 
 
 register_method("vanilla", "alias", expands_to=())
-register_method("sgd", "optimizer", _sgd)
+register_method("sgd", "optimizer", _sgd, binary_only=False)
 register_method("ags", "gradient", _ags)
 register_method("sad", "gradient", _sad)
 # The same chain as transforms.ovsw (AGS -> SAD -> weight decay -> SGD).
@@ -259,7 +280,7 @@ def _adam(config, learning_rate_fn):
           optax.scale_by_learning_rate(learning_rate_fn)]
 
 
-register_method("adam", "optimizer", _adam)
+register_method("adam", "optimizer", _adam, binary_only=False)
 
 
 def create_optimizer(config: ml_collections.ConfigDict,
@@ -292,8 +313,6 @@ def create_optimizer(config: ml_collections.ConfigDict,
   for name in gradient + (optimizer or ["sgd"]):
     chain.extend(_METHOD_PARTS[name].build(config, learning_rate_fn))
   return optax.chain(*chain)
-
-
 
 
 def model_changes(config: ml_collections.ConfigDict
@@ -336,7 +355,8 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int, *,
   platform = platform or jax.default_backend()
   # .get: configs saved by an older ovsw_jax (e.g. a workdir's config.json
   # being exported) lack the key.
-  if cpu_fast_path.narrow_binary_operands(
+  # A real-valued model has no binary conv to narrow.
+  if models.is_binary(config.model) and cpu_fast_path.narrow_binary_operands(
       platform, config.get("cpu_fast_path", True), options):
     options["binary_operand_dtype"] = jnp.bfloat16
   return models.get_model(config.model, num_classes, dtype=dtype, **options)

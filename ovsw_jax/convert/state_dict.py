@@ -1,9 +1,11 @@
-"""Converts the reference's PyTorch checkpoints to Flax variables.
+"""Converts PyTorch checkpoints (the reference's, torchvision's) to Flax.
 
 The reference (github.com/JingyangXiang/OvSW) trains the five models of
-`ovsw_jax.models` in PyTorch. `convert_state_dict` maps one of its
+`ovsw_jax.models` in PyTorch; torchvision's ``resnet18`` / ``resnet34`` are
+our real-valued ``resnet18`` / ``resnet34`` (ReActNet's teacher is the
+latter, ImageNet-pretrained). `convert_state_dict` maps one of their
 ``state_dict`` s to ``{'params': ..., 'batch_stats': ...}`` for
-``get_model(model_name, num_classes)``:
+``get_model(model_name, num_classes)``, checking the key sets both ways:
 
 =============================  =======================================
 PyTorch                        Flax
@@ -32,6 +34,10 @@ ReActNet-A's stem (0) and blocks, ``moveXY`` for the learnable shifts
 ``prelu*`` for RPReLU's slopes, ReActNet-A's flat ``(O*I*kh*kw, 1)`` binary
 ``weights``; a ReAct-ResNet's one-conv blocks ``layer<s>.<2b>`` and
 ``.<2b+1>`` are our units ``layer<s>_<b>_a`` and ``_b`` (see `_react_key`).
+
+torchvision's ResNets need no more than the table: their module names
+(``layer{i}.{j}.downsample.0`` / ``.1``, ``fc``) are those of
+`ovsw_jax.models.float_resnet`.
 
 Ignored keys: BatchNorm ``num_batches_tracked`` and the SAD buffers
 ``weight_prev`` / ``tracker`` that the reference keeps in its binary convs
@@ -206,10 +212,12 @@ def _to_flax(model_name: str, path: tuple[str, ...], value: np.ndarray,
   return value
 
 
-def _abstract_variables(model_name: str, num_classes: int,
-                        learnable_scale: bool) -> dict[str, Any]:
-  model = models.get_model(model_name, num_classes,
-                           learnable_scale=learnable_scale or None)
+def abstract_variables(model_name: str, num_classes: int,
+                       learnable_scale: bool = False) -> dict[str, Any]:
+  """The model's variables as ShapeDtypeStructs (traced, never allocated)."""
+  # Only binary models take learnable_scale.
+  options = {"learnable_scale": True} if learnable_scale else {}
+  model = models.get_model(model_name, num_classes, **options)
   # Parameter shapes don't depend on the image size except through
   # VGG-small's classifier, which INPUT_SHAPES fixes; trace only, no init.
   x = jax.ShapeDtypeStruct((1, *models.INPUT_SHAPES[model_name]), jnp.float32)
@@ -230,7 +238,7 @@ def torch_key_map(model_name: str, num_classes: int,
     ``{'params/layer1_0/conv1/latent_kernel': 'layer1.0.conv1.weight', ...}``.
   """
   model_name = models.canonical_name(model_name)
-  variables = _abstract_variables(model_name, num_classes, learnable_scale)
+  variables = abstract_variables(model_name, num_classes, learnable_scale)
   return {"/".join((c, *p)): key
           for c, p, key, _ in _leaves(model_name, variables)}
 
@@ -278,7 +286,7 @@ def convert_state_dict(model_name: str,
           "num_classes explicitly.")
     num_classes = int(np.shape(tensors[head])[0])
   learnable_scale = any(k.endswith(".scaling_factor") for k in tensors)
-  variables = _abstract_variables(model_name, num_classes, learnable_scale)
+  variables = abstract_variables(model_name, num_classes, learnable_scale)
 
   leaves = list(_leaves(model_name, variables))
   expected = {key for _, _, key, _ in leaves}
@@ -343,3 +351,4 @@ def load_torch_checkpoint(path: Union[str, os.PathLike],
         f"{os.fspath(path)!r} holds a {type(checkpoint).__name__}, not a "
         "state_dict or a dict with a 'state_dict' entry.")
   return convert_state_dict(model_name, strip_prefix(checkpoint), num_classes)
+
