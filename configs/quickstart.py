@@ -1,4 +1,4 @@
-"""Quickstart: OvSW cResNet20_1w1a on sklearn's digits, under a minute on a CPU.
+"""Quickstart: OvSW cResNet20_1w1a on sklearn's digits, about a minute on 2 CPU cores.
 
 The digits ship with scikit-learn (1,500 train / 297 eval images, 16x16x1), so
 nothing is downloaded::
