@@ -13,7 +13,7 @@ JAX_NUM_PROCESSES, JAX_PROCESS_ID environment variables), or
 
 Datasets (--config.dataset) and their options
 (--config.dataset_options.KEY=VALUE; docs/imagefolder.md, ovsw_jax.data):
-  cifar10, cifar100   download, downloader, augment
+  cifar10, cifar100   download, downloader, augment, num_train, num_eval
   digits              augment, num_eval
   synthetic           image_shape, num_classes, num_train, num_eval,
                       data_seed, augment, pad, flip

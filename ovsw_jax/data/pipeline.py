@@ -20,9 +20,8 @@ Evaluation: one pass in order over the eval split in global batches of
 
 Datasets (the `dataset` argument):
 
-- "cifar10", "cifar100": the official files (`cifar.load`). Options:
-  download (True), downloader, augment (True), num_train, num_eval (the
-  first this many images of each split; default all).
+- "cifar10", "cifar100": the official files (`cifar.load`). Options: download,
+  downloader, augment, num_train and num_eval (the first N; default all).
 - "digits": scikit-learn's 8x8 digits upsampled to 16x16 (`digits`).
   Options: augment, num_eval.
 - "synthetic": per-index random data (`synthetic.make_source`). Options:
