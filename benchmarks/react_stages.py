@@ -137,9 +137,19 @@ def run_teacher(args: argparse.Namespace) -> dict[str, Any]:
   return result
 
 
+def one_point_per_epoch(curve: list[dict[str, float]]
+                        ) -> list[dict[str, float]]:
+  """The curve with one point per epoch, the last recorded (a finished
+  run's rerun used to evaluate its checkpoint again and append the same
+  record), in epoch order."""
+  return sorted({p["epoch"]: p for p in curve}.values(),
+                key=lambda p: p["epoch"])
+
+
 def _curve(workdir: Path, epoch_offset: float) -> list[dict[str, float]]:
-  return [{"epoch": r["epoch"] + epoch_offset, "eval_top1": r["eval_top1"]}
-          for r in metrics_io.read_metrics(str(workdir)) if "eval_top1" in r]
+  return one_point_per_epoch(
+      [{"epoch": r["epoch"] + epoch_offset, "eval_top1": r["eval_top1"]}
+       for r in metrics_io.read_metrics(str(workdir)) if "eval_top1" in r])
 
 
 def run_arm(scheme: str, method: str, seed: int,
@@ -238,7 +248,8 @@ def merge(paths: list[str]) -> dict[str, Any]:
         [{**{k: p["args"].get(k) for k in TEACHER_ARGS},
           "final_eval_top1": p["teacher"]["final_eval_top1"]}
          for _, p in distilled], "the teacher")
-  runs = sorted((r for part in parts for r in part["runs"]),
+  runs = sorted(({**r, "curve": one_point_per_epoch(r["curve"])}
+                 for part in parts for r in part["runs"]),
                 key=lambda r: (r["seed"], r["scheme"], r["method"]))
   keys = [(r["scheme"], r["method"], r["seed"]) for r in runs]
   twice = sorted({k for k in keys if keys.count(k) > 1})

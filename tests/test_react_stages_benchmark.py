@@ -152,3 +152,18 @@ def test_a_trained_teacher_is_read_back_and_checked(tmp_path):
   args.teacher_epochs = 4
   with pytest.raises(ValueError, match="'epochs': 3.*'epochs': 4"):
     react_stages.run_teacher(args)
+
+
+def test_a_curve_keeps_one_point_per_epoch(tmp_path):
+  # A finished stage's rerun once evaluated its checkpoint again and
+  # appended the same record: the curve and the merge keep one per epoch.
+  curve = [{"epoch": 1.0, "eval_top1": 0.4}, {"epoch": 1.0, "eval_top1": 0.4},
+           {"epoch": 2.0, "eval_top1": 0.5}, {"epoch": 2.0, "eval_top1": 0.5}]
+  assert react_stages.one_point_per_epoch(curve) == [curve[1], curve[3]]
+  run = {**_run("two_stage", "adam", 0, 0.5), "curve": curve}
+  path = tmp_path / "dup.json"
+  path.write_text(json.dumps({
+      "command": "dup", "machine": {}, "args": {"epochs": 2, "width": 16},
+      "runs": [run]}))
+  merged = react_stages.merge([str(path)])
+  assert [p["epoch"] for p in merged["runs"][0]["curve"]] == [1.0, 2.0]
