@@ -14,10 +14,8 @@ export CLI.
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 import urllib.parse
 import urllib.request
 
@@ -32,6 +30,7 @@ from ovsw_jax.training import loop
 from ovsw_jax.training import workdir as workdir_lib
 from tests.gcs_emulator import BUCKET
 from tests.gcs_emulator import gcs_bucket  # pylint: disable=unused-import
+from tests.killed_runs import kill_when
 from tests.test_train import all_leaves
 from tests.test_train import compile_cache  # pylint: disable=unused-import
 from tests.test_train import REPO
@@ -67,15 +66,8 @@ def _kill_after_first_checkpoint(cmd, env) -> list[int]:
   returns the committed steps then."""
   victim = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-  try:
-    deadline = time.time() + 300
-    while not _committed_steps(RUN) and victim.poll() is None:
-      assert time.time() < deadline, "no checkpoint in the bucket in 300 s"
-      time.sleep(0.02)
-  finally:
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
-  assert victim.returncode == -signal.SIGKILL  # killed mid-run
+  kill_when(victim, lambda: _committed_steps(RUN),
+            "a checkpoint in the bucket", poll_s=0.02)
   return _committed_steps(RUN)
 
 

@@ -7,10 +7,8 @@ dataset's options."""
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -23,6 +21,7 @@ from ovsw_jax.deploy import format as format_lib
 from ovsw_jax.training import loop
 from ovsw_jax.training import workdir as workdir_lib
 from tests import image_folder_data as folder_data
+from tests.killed_runs import committed_steps, kill_when
 from tests.test_train import (TINY, all_leaves, compile_cache,  # pylint: disable=unused-import
                               subprocess_env, tiny_config, train_cmd)
 
@@ -35,12 +34,6 @@ def _overrides(folder):
           "dataset_options": {"image_size": 16}, "batch_size": 4,
           "num_train_steps": STEPS, "checkpoint_every_steps": 5,
           "log_every_steps": 5}
-
-
-def _steps(workdir):
-  folder = os.path.join(workdir, "checkpoints")
-  return sorted(int(d) for d in os.listdir(folder) if d.isdigit()) \
-      if os.path.isdir(folder) else []
 
 
 @pytest.fixture(scope="module")
@@ -57,14 +50,8 @@ def runs(tmp_path_factory, compile_cache):  # pylint: disable=redefined-outer-na
   victim = subprocess.Popen(train_cmd(killed, overrides), env=env,
                             stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-  deadline = time.time() + 300
-  while not _steps(killed) and victim.poll() is None:
-    assert time.time() < deadline, "no checkpoint within 300 s"
-    time.sleep(0.01)
-  victim.send_signal(signal.SIGKILL)
-  victim.wait()
-  assert victim.returncode == -signal.SIGKILL
-  assert _steps(killed) and max(_steps(killed)) < STEPS
+  kill_when(victim, lambda: committed_steps(killed), "a checkpoint")
+  assert committed_steps(killed) and max(committed_steps(killed)) < STEPS
   resumed = subprocess.run(train_cmd(killed, overrides), env=env,
                            capture_output=True, text=True, timeout=300,
                            check=False)

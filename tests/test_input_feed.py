@@ -2,12 +2,9 @@
 config.deterministic: the trainer's results do not depend on where batches
 are made, resume stays exact, and the determinism flags reach XLA."""
 
-import glob
 import os
 import re
-import signal
 import subprocess
-import time
 
 import jax
 import numpy as np
@@ -19,7 +16,8 @@ from ovsw_jax.training import input_feed
 from ovsw_jax.training import loop
 from ovsw_jax.training import mesh as mesh_lib
 from ovsw_jax.training import metrics_io
-from test_train import EQUIV, REPO, TINY, all_leaves, compile_cache  # pylint: disable=unused-import
+from killed_runs import committed_steps, kill_when
+from test_train import EQUIV, TINY, all_leaves, compile_cache  # pylint: disable=unused-import
 from test_train import run_python, subprocess_env, tiny_config, train_cmd
 
 pytestmark = pytest.mark.accelerator
@@ -106,12 +104,6 @@ def test_device_input_gives_the_hosts_steps_on_1_and_4_devices(
   assert len(set(losses["1/host"])) == 6  # the params did move
 
 
-def _committed_steps(workdir):
-  return sorted(int(os.path.basename(p)) for p in
-                glob.glob(os.path.join(workdir, "checkpoints", "*"))
-                if os.path.basename(p).isdigit())
-
-
 RESUME = {**TINY, "num_train_steps": 40, "checkpoint_every_steps": 10,
           "log_every_steps": 10, "deterministic": True}
 
@@ -129,14 +121,8 @@ def test_sigkill_and_resume_on_device_input_equals_a_host_input_run(
   victim = subprocess.Popen(train_cmd(killed_dir, on_device), env=env,
                             stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-  deadline = time.time() + 300
-  while not _committed_steps(killed_dir) and victim.poll() is None:
-    assert time.time() < deadline, "no checkpoint within 300 s"
-    time.sleep(0.01)
-  victim.send_signal(signal.SIGKILL)
-  victim.wait()
-  assert victim.returncode == -signal.SIGKILL
-  at_kill = _committed_steps(killed_dir)
+  kill_when(victim, lambda: committed_steps(killed_dir), "a checkpoint")
+  at_kill = committed_steps(killed_dir)
   assert at_kill and max(at_kill) < 40
   resumed = subprocess.run(train_cmd(killed_dir, on_device), env=env,
                            capture_output=True, text=True, timeout=300,

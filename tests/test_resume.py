@@ -4,9 +4,7 @@ the config guard (training/resume_guard.py) and a finished run's rerun."""
 import json
 import os
 import re
-import signal
 import subprocess
-import time
 
 import numpy as np
 import pytest
@@ -19,7 +17,8 @@ from ovsw_jax.training import restart
 from ovsw_jax.training import resume_guard
 from ovsw_jax.training import schedules
 from ovsw_jax.training import workdir as workdir_lib
-from test_train import _committed_steps
+from killed_runs import committed_steps
+from killed_runs import kill_when
 from test_train import all_leaves
 from test_train import compile_cache  # pylint: disable=unused-import  (a fixture)
 from test_train import info_from_libraries
@@ -181,7 +180,7 @@ def test_the_config_guard_and_a_finished_runs_rerun(tmp_path):
   assert saved.num_train_steps == 4 and saved.allow_config_change
   assert [r["step"] for r in metrics_io.read_metrics(workdir)
           if "eval_top1" in r] == [2, 4]
-  assert _committed_steps(workdir) == [2, 4]
+  assert committed_steps(workdir) == [2, 4]
 
   # The same command without the flag: config.json holds the change now.
   longer.allow_config_change = False
@@ -194,18 +193,6 @@ QUICK = {"model_options": {"stage_sizes": (1, 1, 1)}, "batch_size": 150,
          "num_train_steps": 20, "warmup_epochs": 1, "eval_every_epochs": 1,
          "checkpoint_every_steps": 0, "log_every_steps": 5,
          "progress_bar": False, "prefetch": 0}
-
-
-def _kill_when(proc, ready, what):
-  """SIGKILLs ``proc`` as soon as ``ready()``; fails if it ends first."""
-  deadline = time.time() + 300
-  while not ready():
-    assert proc.poll() is None, f"the run ended before {what}"
-    assert time.time() < deadline, f"no {what} within 300 s"
-    time.sleep(0.01)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  assert proc.returncode == -signal.SIGKILL
 
 
 @pytest.mark.accelerator  # bitwise resume on whatever backend runs it
@@ -222,8 +209,8 @@ def test_quickstart_killed_between_evals_resumes_bitwise(tmp_path,
   victim = subprocess.Popen(train_cmd(workdir, QUICK), env=env,
                             stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-  _kill_when(victim, lambda: _committed_steps(workdir), "a checkpoint")
-  at_kill = _committed_steps(workdir)
+  kill_when(victim, lambda: committed_steps(workdir), "a checkpoint")
+  at_kill = committed_steps(workdir)
   assert max(at_kill) < 20
   # 2. Resumed from its checkpoint, it ends as the straight run, bitwise.
   resumed = subprocess.run(train_cmd(workdir, QUICK), env=env,

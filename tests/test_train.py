@@ -27,19 +27,17 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 from conftest import TEST_PLATFORM, require_test_devices  # pylint: disable=wrong-import-position
+from killed_runs import committed_steps  # pylint: disable=wrong-import-position
 from configs import default  # pylint: disable=wrong-import-position
 from ovsw_jax.training import checkpointing  # pylint: disable=wrong-import-position
 from ovsw_jax.training import config as config_lib  # pylint: disable=wrong-import-position
 from ovsw_jax.training import determinism  # pylint: disable=wrong-import-position
 from ovsw_jax.training import experiment as experiment_lib  # pylint: disable=wrong-import-position
 from ovsw_jax.training import loop  # pylint: disable=wrong-import-position
-from ovsw_jax.training import mesh as mesh_lib  # pylint: disable=wrong-import-position
 from ovsw_jax.training import methods  # pylint: disable=wrong-import-position
 from ovsw_jax.training import metrics_io  # pylint: disable=wrong-import-position
 from ovsw_jax.training import schedules  # pylint: disable=wrong-import-position
 from ovsw_jax.training import state as state_lib  # pylint: disable=wrong-import-position
-from ovsw_jax.training import steps as steps_lib  # pylint: disable=wrong-import-position
-from ovsw_jax.training import workdir as workdir_lib  # pylint: disable=wrong-import-position
 from ovsw_jax import transforms  # pylint: disable=wrong-import-position
 
 RECIPES = ("cifar10_resnet20", "cifar10_resnet18", "cifar10_vggsmall",
@@ -412,12 +410,6 @@ def _free_port():
 # ---------------------------------------------------------------------------
 
 
-def _committed_steps(workdir):
-  return sorted(int(os.path.basename(p)) for p in
-                glob.glob(os.path.join(workdir, "checkpoints", "*"))
-                if os.path.basename(p).isdigit())
-
-
 def test_checkpoints_keep_the_latest_and_the_best(tmp_path):
   manager = checkpointing.create_manager(tmp_path, keep=2)
   tree = {"w": jnp.arange(3.0), "step": jnp.int32(0)}
@@ -446,7 +438,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, caplog):
                        log_every_steps=2, keep_checkpoints=3)
   workdir = str(tmp_path)
   loop.train_and_evaluate(config, workdir)
-  assert _committed_steps(workdir) == [2, 4]
+  assert committed_steps(workdir) == [2, 4]
   original, _ = loop.load_checkpoint(config, workdir)
   damage_checkpoints(workdir, "4")
 
@@ -501,7 +493,7 @@ def test_non_finite_loss_stops_naming_the_step(tmp_path):
   match = re.search(r"at step (\d+)", message)
   assert match, message
   bad_step = int(match.group(1))
-  kept = _committed_steps(workdir)
+  kept = committed_steps(workdir)
   assert kept and max(kept) < bad_step <= 8
   assert f"last good checkpoint (step {max(kept)})" in message or (
       "non-finite parameters" in message)
