@@ -20,6 +20,7 @@ import os
 from typing import Any, Mapping
 import zipfile
 
+from flax import traverse_util
 import numpy as np
 
 FORMAT = "ovsw_jax.variables"
@@ -32,25 +33,10 @@ class ConvertedFormatError(ValueError):
   """A file that is not a readable converted-variables file."""
 
 
-def _flatten(tree: Mapping[str, Any], prefix: str) -> dict[str, np.ndarray]:
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, Mapping):
-      out.update(_flatten(v, f"{prefix}{k}/"))
-    else:
-      out[f"{prefix}{k}"] = np.asarray(v, np.float32)
-  return out
-
-
 def _unflatten(flat: Mapping[str, np.ndarray]) -> dict[str, Any]:
-  tree: dict[str, Any] = {c: {} for c in COLLECTIONS}
-  for key, v in flat.items():
-    *parents, leaf = key.split("/")
-    node = tree
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = v
-  return tree
+  # Both collections, even one with no arrays in the file.
+  return {**{c: {} for c in COLLECTIONS},
+          **traverse_util.unflatten_dict(dict(flat), sep="/")}
 
 
 def save(path: str | os.PathLike[str], variables: Mapping[str, Any],
@@ -85,8 +71,9 @@ def save(path: str | os.PathLike[str], variables: Mapping[str, Any],
   header = {"format": FORMAT, "version": VERSION, "model": model_name,
             "num_classes": int(num_classes), "source": source}
   arrays = {HEADER_KEY: np.frombuffer(json.dumps(header).encode(), np.uint8)}
-  for collection in COLLECTIONS:
-    arrays.update(_flatten(variables.get(collection, {}), f"{collection}/"))
+  flat = traverse_util.flatten_dict(
+      {c: variables.get(c, {}) for c in COLLECTIONS}, sep="/")
+  arrays.update({k: np.asarray(v, np.float32) for k, v in flat.items()})
   tmp = f"{path}.tmp-{os.getpid()}"
   with open(tmp, "wb") as f:
     np.savez(f, **arrays)

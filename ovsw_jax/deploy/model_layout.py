@@ -98,13 +98,3 @@ def _subtree(tree: Mapping[str, Any], path: str) -> Mapping[str, Any]:
     node = node.get(p, {}) if isinstance(node, Mapping) else {}
   return node
 
-
-def flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-  """A nested dict as ``{prefix + 'a/b/c': leaf}``."""
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, Mapping):
-      out.update(flat(v, f"{prefix}{k}/"))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out

@@ -28,6 +28,7 @@ import json
 import numbers
 from typing import Any, Callable, Mapping, Optional, Sequence
 
+from flax import traverse_util
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
@@ -300,7 +301,7 @@ def _expected_variables(header: Mapping[str, Any],
                 if isinstance(m.module, nn.BatchNorm)]
   out = {}
   for collection, tree in abstract.items():
-    for key, leaf in model_layout.flat(tree).items():
+    for key, leaf in traverse_util.flatten_dict(tree, sep="/").items():
       if any(key.startswith(f"{d}/") for d in dropped):
         continue
       dtype = leaf.dtype
@@ -326,7 +327,7 @@ def check(header: Any, arrays: Mapping[str, Mapping[str, np.ndarray]],
   folded = _check_table(header, modules)
   _check_layer_arrays(header, modules, arrays, folded)
   expected = _expected_variables(header, modules, abstract)
-  got = model_layout.flat(variables)
+  got = traverse_util.flatten_dict(variables, sep="/")
   for key, (dtype, shape) in expected.items():
     _compare(f"variables/{key}", got.pop(key, None), dtype, shape)
   if got:

@@ -27,6 +27,7 @@ import os
 from typing import Any, Mapping
 
 from absl import logging
+from flax import traverse_util
 import ml_collections
 
 from ovsw_jax.training import config as config_lib
@@ -57,15 +58,9 @@ class ConfigChanges:
     return bool(self.guarded or self.neutral)
 
 
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def _flatten(tree: Mapping[str, Any]) -> dict[str, Any]:
   """``{'a': {'b': 1}}`` -> ``{'a.b': 1}``; empty dicts vanish."""
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, Mapping):
-      out.update(_flatten(value, f"{prefix}{key}."))
-    else:
-      out[f"{prefix}{key}"] = value
-  return out
+  return traverse_util.flatten_dict(tree, sep=".")
 
 
 def _as_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
