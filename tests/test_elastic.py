@@ -23,7 +23,7 @@ import pytest
 from ovsw_jax.training import loop
 from ovsw_jax.training import mesh as mesh_lib
 from ovsw_jax.training import metrics_io
-from test_train import _committed_steps
+from killed_runs import committed_steps
 from test_train import all_leaves
 from test_train import compile_cache  # pylint: disable=unused-import  (a fixture)
 from test_train import EQUIV
@@ -40,7 +40,7 @@ ELASTIC = {**TINY, **EQUIV, "num_train_steps": 4, "log_every_steps": 2,
 def _resumable_copy(src, dst, step):
   """A copy of workdir ``src`` whose latest checkpoint is ``step``."""
   shutil.copytree(src, dst)
-  for later in _committed_steps(dst):
+  for later in committed_steps(dst):
     if later > step:
       shutil.rmtree(os.path.join(dst, "checkpoints", str(later)))
   return str(dst)
@@ -116,7 +116,7 @@ def test_four_to_two_to_one_device_resume(tmp_path, compile_cache):
                         check=False)
   assert proc.returncode == 0, proc.stderr[-4000:]
   assert '"eval_count": 20' in proc.stdout  # TINY's eval split: 20 images.
-  assert _committed_steps(four) == [1, 2, 3, 4]
+  assert committed_steps(four) == [1, 2, 3, 4]
 
   env = subprocess_env(compile_cache, devices=3)
   env["PYTHONPATH"] = os.path.dirname(__file__) + os.pathsep + env["PYTHONPATH"]

@@ -18,7 +18,7 @@ from ovsw_jax.training import checkpointing
 from ovsw_jax.training import loop
 from ovsw_jax.training import metrics_io
 from ovsw_jax.training import preemption
-from test_train import _committed_steps
+from killed_runs import committed_steps
 from test_train import _free_port
 from test_train import all_leaves
 from test_train import compile_cache  # pylint: disable=unused-import  (a fixture)
@@ -90,7 +90,7 @@ def test_sigterm_saves_exits_0_and_the_rerun_ends_bitwise_equal(
   assert match, log[-4000:]
   step = int(match.group(1))
   assert 5 <= step < 100
-  assert _committed_steps(workdir) == [step]
+  assert committed_steps(workdir) == [step]
   assert '"preempted": true' in log and f'"step": {step}' in log
 
   rerun = subprocess.run(train_cmd(workdir, PREEMPT), env=env,
@@ -145,7 +145,7 @@ def test_two_processes_agree_on_the_step_and_evaluate_every_image(
     assert p.returncode == 0, out[-4000:]
   steps = [int(SAVED.search(out).group(1)) for out in outputs]
   assert steps[0] == steps[1] and 1 <= steps[0] < 5, steps
-  assert _committed_steps(workdir) == [steps[0]]
+  assert committed_steps(workdir) == [steps[0]]
 
   # The rerun makes its batches on the devices, each process placing the
   # data on its own two: the same batches, so the same bits.

@@ -17,7 +17,7 @@ from ovsw_jax.training import checkpoint_saver
 from ovsw_jax.training import checkpointing
 from ovsw_jax.training import loop
 from ovsw_jax.training import metrics_io
-from test_train import _committed_steps
+from killed_runs import committed_steps
 from test_train import tiny_config
 
 
@@ -66,7 +66,7 @@ def test_transient_faults_are_retried_and_the_run_completes(
                    r"\(attempt 2 of 3\)", caplog.text), caplog.text
   assert re.search(r"Saving the checkpoint of step 10 .* trying again at "
                    r"step 10 \(attempt 2 of 3\)", caplog.text), caplog.text
-  committed = _committed_steps(tmp_path)
+  committed = committed_steps(tmp_path)
   retried = committed[0]
   assert 5 <= retried <= 8 and committed == sorted({retried, 8, 10})
   assert disk.attempts == {4: 1, retried: 1, 8: 1, 10: 2}
@@ -96,6 +96,6 @@ def test_a_lasting_fault_stops_at_once_with_one_line(
   assert disk.attempts == {2: 1, 4: 1, 5: 1, 6: 1}
   assert max(r["step"] for r in metrics_io.read_metrics(str(tmp_path))) == 6
   # keep_checkpoints=1: step 2 was to go once step 4 was saved; it stays.
-  assert _committed_steps(tmp_path) == [2]
+  assert committed_steps(tmp_path) == [2]
   state, restored = loop.load_checkpoint(config, str(tmp_path))
   assert restored == 2 and int(state.step) == 2
