@@ -2,11 +2,10 @@
 image_records dataset reads them as the folder's examples."""
 
 import json
-import multiprocessing
 import os
 import shutil
-import signal
-import time
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -18,6 +17,7 @@ from ovsw_jax.data import prepare
 from ovsw_jax.data import record_shards
 from tests import image_folder_data as folder_data
 from tests.gcs_emulator import gcs_bucket  # pylint: disable=unused-import
+from tests.killed_runs import kill_when
 
 SIZE = 24
 PER_SHARD = 5  # 12 train images: 3 shards; 6 val: 2
@@ -108,22 +108,25 @@ def test_tars_give_the_same_records_as_the_folder(inputs, prepared,
       np.testing.assert_array_equal(a[key], b[key])
 
 
-_WRITE_SHARD = record_shards.write_shard
+# A fresh interpreter, not a fork of this one: a fork of a process that has
+# run array_record's and JAX's threads can crash in the child.
+_STALLING_PREPARE = """
+import os, sys, time
+from ovsw_jax.data import prepare, record_shards
+write_shard = record_shards.write_shard
 
-
-def _write_then_stall(out, shard, *args):
-  """write_shard, then a stall after the third shard: the kill lands
-  mid-run however slow the machine."""
-  marker = _WRITE_SHARD(out, shard, *args)
+def write_then_stall(out, shard, *args):
+  # write_shard, then a stall after the third shard: the kill lands
+  # mid-run however slow the machine.
+  marker = write_shard(out, shard, *args)
   if len(os.listdir(os.path.join(out, record_shards.MARKERS))) >= 3:
     time.sleep(300)
   return marker
 
-
-def _prepare_in_new_session(src, out):
-  os.setsid()  # its worker is in its process group: one killpg ends both
-  record_shards.write_shard = _write_then_stall  # in this fork only
-  prepare.prepare(out, data_dir=src, examples_per_shard=1, processes=1)
+record_shards.write_shard = write_then_stall
+prepare.prepare(sys.argv[2], data_dir=sys.argv[1], examples_per_shard=1,
+                processes=1)
+"""
 
 
 def test_sigkill_then_rerun_gives_identical_shards(inputs, tmp_path, capsys):
@@ -131,18 +134,12 @@ def test_sigkill_then_rerun_gives_identical_shards(inputs, tmp_path, capsys):
   killed = str(tmp_path / "killed")
   prepare.prepare(straight, data_dir=inputs["folder"], examples_per_shard=1,
                   processes=1)
-  # Forked: the modules are loaded, and it may be patched to stall.
-  victim = multiprocessing.get_context("fork").Process(
-      target=_prepare_in_new_session, args=(inputs["folder"], killed))
-  victim.start()
+  victim = subprocess.Popen(
+      [sys.executable, "-c", _STALLING_PREPARE, inputs["folder"], killed],
+      stdout=subprocess.DEVNULL)
   markers = os.path.join(killed, record_shards.MARKERS)
-  deadline = time.time() + 120
-  while not (os.path.isdir(markers) and len(os.listdir(markers)) >= 3):
-    assert victim.is_alive() and time.time() < deadline
-    time.sleep(0.002)
-  os.killpg(victim.pid, signal.SIGKILL)
-  victim.join()
-  assert victim.exitcode == -signal.SIGKILL
+  kill_when(victim, lambda: os.path.isdir(markers) and len(
+      os.listdir(markers)) >= 3, "three shards", timeout_s=120, poll_s=0.002)
   assert not os.path.exists(os.path.join(killed, image_records.INFO_FILE))
   # Not finished: the dataset refuses it, saying how to finish.
   with pytest.raises(data.DataNotFoundError, match="rerun, to finish"):
