@@ -279,7 +279,7 @@ def _initial_state(config, experiment, manager, mesh, workdir, changed=None
                               jax.process_index() == 0)
     state = state_lib.create_train_state(
         experiment.model, experiment.tx, experiment.info.image_shape,
-        config.seed, mesh, experiment.model_state_fn)
+        config.seed, mesh, experiment.model_state_fn, config.cpu_fast_path)
     if config.init_from:
       state = warm_start.initialise_from(state, config.init_from,
                                          experiment.tx, mesh)

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ovsw_jax.training import cpu_fast_path as fast_path_lib
 from ovsw_jax.training import mesh as mesh_lib
 from ovsw_jax.training.methods import ModelStateFn
 
@@ -59,17 +60,21 @@ def checkpoint_items(state: TrainState) -> dict[str, Any]:
 def create_train_state(model, tx: optax.GradientTransformation,
                        image_shape: Sequence[int], seed: int,
                        mesh: jax.sharding.Mesh,
-                       model_state_fn: Optional[ModelStateFn] = None
-                       ) -> TrainState:
+                       model_state_fn: Optional[ModelStateFn] = None,
+                       cpu_fast_path: bool = True) -> TrainState:
   """Initialises the model and optimizer, replicated over ``mesh``.
 
   Every host computes the same values from ``seed``. Params and optimizer
   state are float32 whatever the model's compute dtype. ``model_state_fn``
   (`create_model_state_fn`; the experiment's) schedules the model's
-  non-trainable variables, e.g. ReCU's tau.
+  non-trainable variables, e.g. ReCU's tau. ``cpu_fast_path``
+  (config.cpu_fast_path) compiles the init program faster on a CPU mesh,
+  to the same values (`cpu_fast_path.init_compiler_options`).
   """
   init = _init_fn(model, tx, image_shape, seed, model_state_fn)
-  return jax.jit(init, out_shardings=mesh_lib.replicated(mesh))()
+  return jax.jit(init, out_shardings=mesh_lib.replicated(mesh),
+                 compiler_options=fast_path_lib.init_compiler_options(
+                     mesh, cpu_fast_path))()
 
 
 def _init_fn(model, tx, image_shape, seed, model_state_fn=None):
