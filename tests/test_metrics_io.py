@@ -1,9 +1,16 @@
 """Metric chunk files: flush, resume rewind, legacy metrics.jsonl, order."""
 
 import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
 
 import ovsw_jax
 from ovsw_jax.training import metrics_io
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _files(workdir):
@@ -86,3 +93,27 @@ def test_a_resumed_run_hides_the_killed_runs_later_tensorboard_events(
   acc.Reload()
   assert [(e.step, e.value) for e in acc.Scalars("train_loss")] == [
       (5, 3.0), (10, 2.0), (15, 0.5)]
+
+
+
+def test_the_tensorboard_writer_does_not_import_torch(tmp_path):
+  # tensorboardX imports torch when it can, 1.5 s of every run's start; the
+  # writer hides it (in a fresh interpreter: pytest's may hold either).
+  pytest.importorskip("torch")
+  code = f"""
+import sys
+from ovsw_jax.training import metrics_io
+writer = metrics_io.MetricsWriter({str(tmp_path)!r})
+writer.write(5, {{"loss": 0.25}})
+writer.close()
+print("torch" in sys.modules)
+import torch.nn  # torch itself still imports afterwards
+print(torch.nn.Linear(2, 3).weight.shape[0])
+"""
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                       text=True, check=True, cwd=REPO).stdout.split()
+  assert out == ["False", "3"]
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+  acc = event_accumulator.EventAccumulator(str(tmp_path / "tensorboard"))
+  acc.Reload()
+  assert [(e.step, e.value) for e in acc.Scalars("loss")] == [(5, 0.25)]

@@ -9,6 +9,7 @@ share a prefix, which TensorBoard shows as one group of per-layer charts.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from typing import Any, Mapping, Optional
 
@@ -30,7 +31,7 @@ class ScalarWriter:
         writes again; this writes a SessionLog START at ``purge_step``, by
         which TensorBoard hides the older events of steps >= it.
     """
-    import tensorboardX  # pylint: disable=g-import-not-at-top
+    tensorboardX = _import_tensorboardx()
     # tensorboardX names a file by the second it opens and truncates an
     # existing one: a second writer within that second (a resume, an
     # eval_only run) would wipe the first file. The nanoseconds keep the
@@ -51,6 +52,26 @@ class ScalarWriter:
 
   def close(self) -> None:
     self._writer.close()
+
+
+def _import_tensorboardx():
+  """tensorboardX, imported without importing torch when torch is not
+  already loaded.
+
+  tensorboardX imports torch whenever it is installed (to accept torch
+  tensors; these scalars are Python floats), which added 1.5 s to the start
+  of every run on a machine with torch (Colab, the test extra). A None entry
+  in sys.modules makes its ``import torch`` fail as if torch were absent.
+  """
+  if "torch" in sys.modules or "tensorboardX" in sys.modules:
+    import tensorboardX  # pylint: disable=g-import-not-at-top
+    return tensorboardX
+  sys.modules["torch"] = None
+  try:
+    import tensorboardX  # pylint: disable=g-import-not-at-top
+  finally:
+    del sys.modules["torch"]
+  return tensorboardX
 
 
 def create_writer(workdir: os.PathLike | str,
