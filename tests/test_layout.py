@@ -17,7 +17,7 @@ PACKAGE = REPO / "ovsw_jax"
 # Where each top-level room sits in the order; a module may import only
 # rooms at its own rank or below. A new room gets a rank here.
 RANKS = {
-    "ops": 0,
+    "ops": 0, "backend_state": 0,
     "layers": 1, "masks": 1,
     "recu": 2, "irnet": 2, "rbnn": 2, "adabin": 2, "react": 2,
     "models": 3,

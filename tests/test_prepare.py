@@ -159,6 +159,44 @@ def test_sigkill_then_rerun_gives_identical_shards(inputs, tmp_path, capsys):
     assert json.load(a)["splits"] == json.load(b)["splits"]
 
 
+_START_METHOD = """
+import sys, threading
+from ovsw_jax.data import prepare
+case = sys.argv[1]
+if case == "jax":
+  import jax
+  jax.devices()
+elif case == "thread":
+  done = threading.Event()
+  threading.Thread(target=done.wait, daemon=True).start()
+print(prepare.worker_context().get_start_method())
+"""
+
+
+@pytest.mark.parametrize("case,method", [
+    ("fresh", "fork"), ("jax", "spawn"), ("thread", "spawn")])
+def test_workers_fork_only_where_it_is_safe(case, method):
+  # A fresh process (the CLI) forks its workers: milliseconds each. One that
+  # has started JAX's backend or other threads spawns them, since a fork
+  # copies locks that its other threads may hold.
+  out = subprocess.run([sys.executable, "-c", _START_METHOD, case],
+                       capture_output=True, text=True, check=True).stdout
+  assert out.split() == [method]
+
+
+def test_spawned_workers_write_the_same_shards(inputs, prepared, tmp_path):
+  # prepare called where JAX has started (a notebook): spawned workers.
+  out = str(tmp_path / "spawned")
+  code = (f"import jax; jax.devices()\n"
+          f"from ovsw_jax.data import prepare\n"
+          f"assert prepare.worker_context().get_start_method() == 'spawn'\n"
+          f"prepare.prepare({out!r}, data_dir={inputs['folder']!r}, "
+          f"examples_per_shard={PER_SHARD}, processes=2)\n")
+  subprocess.run([sys.executable, "-c", code], check=True,
+                 stdout=subprocess.DEVNULL)
+  assert _files(out) == _files(prepared[0])
+
+
 def test_gcs_output_is_the_same_bytes(inputs, prepared, gcs_bucket):  # pylint: disable=redefined-outer-name
   import fsspec  # pylint: disable=g-import-not-at-top
   out = f"{gcs_bucket}/records"

@@ -32,10 +32,12 @@ import math
 import multiprocessing
 import os
 import sys
+import threading
 from typing import Any, Sequence
 
 from absl import logging
 
+from ovsw_jax import backend_state
 from ovsw_jax.data import folder_listing
 from ovsw_jax.data import image_files
 from ovsw_jax.data import image_records
@@ -132,6 +134,22 @@ def print_counts(classes: Sequence[str], splits: dict[str, Any]) -> None:
             'images (listed in dataset_info.json)')
 
 
+def worker_context() -> multiprocessing.context.BaseContext:
+  """How `prepare` starts its worker processes: fork where it is safe.
+
+  A forked worker starts in milliseconds; a spawned one imports JAX again
+  (seconds). But a fork copies only the calling thread, so a process whose
+  other threads may hold locks (JAX's backend has started: a notebook, a
+  test; or Python threads run) can hand the child a lock nobody releases,
+  and a worker that deadlocks or crashes. Then the workers spawn.
+  """
+  if ('fork' in multiprocessing.get_all_start_methods()
+      and not backend_state.backend_started()
+      and threading.active_count() == 1):
+    return multiprocessing.get_context('fork')
+  return multiprocessing.get_context('spawn')
+
+
 def prepare(out: str, *, data_dir: str | None = None,
             train_tar: str | None = None, val_tar: str | None = None,
             val_labels: str | None = None, train_split: str = 'train',
@@ -139,6 +157,9 @@ def prepare(out: str, *, data_dir: str | None = None,
             processes: int | None = None,
             skip_corrupt: bool = False) -> dict[str, Any]:
   """Writes the prepared dataset to `out`; returns its dataset_info.
+
+  ``processes`` > 1 runs that many worker processes, forked where that is
+  safe and spawned otherwise (`worker_context`); None: one per core.
 
   Raises:
     ValueError: bad arguments or input (naming the path and the fix).
@@ -156,11 +177,8 @@ def prepare(out: str, *, data_dir: str | None = None,
   if processes == 1:  # in this process (one thread, in order)
     executor = concurrent.futures.ThreadPoolExecutor(1)
   else:
-    # fork: a worker starts in milliseconds (spawn would import JAX again).
     executor = concurrent.futures.ProcessPoolExecutor(
-        processes, mp_context=multiprocessing.get_context(
-            'fork' if 'fork' in multiprocessing.get_all_start_methods()
-            else 'spawn'))
+        processes, mp_context=worker_context())
   with executor as pool:
     if data_dir:
       plan = prepare_inputs.folder_plan(

@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import os
 
+from ovsw_jax.backend_state import backend_started
+
 # What XLA needs for run-to-run determinism on GPUs (flag, value).
 DETERMINISTIC_FLAGS = (("xla_gpu_deterministic_ops", "true"),
                        ("xla_gpu_exclude_nondeterministic_ops", "true"))
@@ -43,15 +45,6 @@ def _xla_flags() -> dict[str, str]:
     name, _, value = token.lstrip("-").partition("=")
     flags[name] = value.lower()
   return flags
-
-
-def backend_started() -> bool:
-  """Whether JAX has started a backend (after which XLA_FLAGS is read)."""
-  from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
-  started = getattr(xla_bridge, "backends_are_initialized", None)
-  if started is not None:
-    return started()
-  return bool(getattr(xla_bridge, "_backends", {}))  # older/newer JAX
 
 
 def flags_set() -> bool:
