@@ -51,7 +51,7 @@ def test_all_unreadable_workdir_refuses_restart_and_loses_no_file(tmp_path):
   assert os.path.isdir(os.path.join(workdir, "checkpoints", "2.unreadable"))
   # Second rerun: no checkpoint is left, but the record is: refuse.
   with pytest.raises(restart.RestartRefusedError,
-                     match=r"chunk-\d+\.jsonl, 2.unreadable.*"
+                     match=r"chunk-\d+\.jsonl, tensorboard, 2.unreadable.*"
                      r"--config.restart_from_scratch=True"):
     loop.train_and_evaluate(config, workdir)
   assert _records_text(metrics) == record

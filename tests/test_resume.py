@@ -16,6 +16,7 @@ from ovsw_jax.training import metrics_io
 from ovsw_jax.training import restart
 from ovsw_jax.training import resume_guard
 from ovsw_jax.training import schedules
+from ovsw_jax.training import tensorboard
 from ovsw_jax.training import workdir as workdir_lib
 from killed_runs import committed_steps
 from killed_runs import kill_when
@@ -86,6 +87,33 @@ def test_a_run_killed_before_its_first_checkpoint_restarts_cleanly(tmp_path):
       config_text)
   assert os.path.isdir(os.path.join(workdir, "tensorboard.before_restart"))
   assert records[-1]["step"] == 55
+
+
+def test_a_run_killed_before_its_first_records_restarts_cleanly(tmp_path,
+                                                                 caplog):
+  # Killed before the metric writer's first flush (at the first eval or
+  # save, or after 30 s): only config.json and TensorBoard events are on
+  # disk. The rerun must not write its curves into the dead run's events.
+  workdir = str(tmp_path)
+  workdir_lib.write_config(_quickstart_like(), workdir)
+  events = tensorboard.create_writer(workdir)
+  events.write(20, {"train_loss": 1.5})
+  events.close()
+  before = _tree(os.path.join(workdir, "tensorboard"))
+  assert len(before) == 1
+  assert restart.previous_run_files(workdir)
+  restart.check_fresh_start(workdir, restart_from_scratch=False)
+  assert "stopped before writing its first records" in caplog.text
+  assert sorted(os.listdir(workdir)) == [
+      "config.json.before_restart", "tensorboard.before_restart"]
+  assert _tree(os.path.join(workdir, "tensorboard.before_restart")) == before
+  # An unreadable checkpoint beside such events may have been a save: refused.
+  workdir = str(tmp_path / "lost")
+  workdir_lib.write_config(_quickstart_like(), workdir)
+  tensorboard.create_writer(workdir).close()
+  os.makedirs(os.path.join(workdir, "checkpoints", "55.unreadable"))
+  with pytest.raises(restart.RestartRefusedError):
+    restart.check_fresh_start(workdir, restart_from_scratch=False)
 
 
 def test_a_run_whose_checkpoints_are_gone_still_needs_the_flag(tmp_path):

@@ -1,12 +1,14 @@
 """Starting at step 0 in a workdir that holds an earlier run's files.
 
 A workdir with no readable checkpoint but with an earlier run's record (its
-metric files, or checkpoints set aside as unreadable, ``<step>.unreadable``)
-is one of two things:
+metric files, its TensorBoard events, or checkpoints set aside as
+unreadable, ``<step>.unreadable``) is one of two things:
 
 * a run killed before its first checkpoint: nothing of it can be resumed,
-  and its records end before the first step it would have saved at. The new
-  run starts at step 0; the old records are moved aside, not overwritten;
+  and its records end before the first step it would have saved at, or it
+  wrote none (metric records are flushed before every save, so a run killed
+  before its first flush has TensorBoard events only). The new run starts
+  at step 0; the old records are moved aside, not overwritten;
 * a run whose checkpoints were lost (set aside as unreadable, or removed
   after they were saved): its records reach a step it saved at. Starting
   again would silently throw away that training, which a backup might
@@ -46,8 +48,13 @@ class RestartRefusedError(RuntimeError):
 
 
 def previous_run_files(workdir: str) -> list[epath.Path]:
-  """The files of an earlier run: its metric files, set-aside checkpoints."""
+  """The files of an earlier run: its metric files, TensorBoard events,
+  set-aside checkpoints."""
   found = metrics_io.metric_files(workdir)
+  root = workdir_lib.workdir_path(workdir)
+  events = root / tensorboard.TENSORBOARD_DIR
+  if events.exists() and any(events.iterdir()):
+    found.append(events)  # named as the folder: its files' names say little
   ckpt_dir = epath.Path(workdir_lib.checkpoint_dir(workdir))
   if ckpt_dir.exists():
     found += sorted(p for p in ckpt_dir.iterdir()
@@ -60,6 +67,22 @@ def _aside_name(path: epath.Path) -> epath.Path:
   while target.exists():
     target, n = path.parent / f"{path.name}{ASIDE_SUFFIX}{n}", n + 1
   return target
+
+
+def _stopped_before_saving(workdir: str, found: list[epath.Path]
+                           ) -> Optional[str]:
+  """Where the earlier run stopped, when that proves it never saved a
+  checkpoint ("at step 20, before its first checkpoint (step 55)"); None
+  when it may have saved one."""
+  if any(checkpointing.UNREADABLE_SUFFIX in p.name for p in found):
+    return None
+  if not metrics_io.metric_files(workdir):
+    # Records are flushed before every save: none on disk, no save began.
+    return "before writing its first records, so before its first checkpoint"
+  unsaved = unsaved_run(workdir)
+  if unsaved is None:
+    return None
+  return f"at step {unsaved[0]}, before its first checkpoint (step {unsaved[1]})"
 
 
 def unsaved_run(workdir: str) -> Optional[tuple[int, int]]:
@@ -117,9 +140,8 @@ def check_fresh_start(workdir: str, restart_from_scratch: bool,
   found = previous_run_files(workdir)
   if not found:
     return
-  unreadable = any(checkpointing.UNREADABLE_SUFFIX in p.name for p in found)
-  unsaved = None if unreadable else unsaved_run(workdir)
-  if unsaved is None and not restart_from_scratch:
+  stopped = _stopped_before_saving(workdir, found)
+  if stopped is None and not restart_from_scratch:
     raise RestartRefusedError(
         f"{workdir} has no readable checkpoint but holds an earlier run's "
         f"files ({', '.join(p.name for p in found)}), which had saved "
@@ -127,11 +149,10 @@ def check_fresh_start(workdir: str, restart_from_scratch: bool,
         f"checkpoints from a backup, pass {FLAG} to start again (the old "
         f"records are kept beside them as *{ASIDE_SUFFIX}), or use a new "
         "--workdir.")
-  if unsaved is not None:
+  if stopped is not None:
     logging.warning(
-        "The earlier run in %s stopped at step %d, before its first "
-        "checkpoint (step %d): starting again at step 0, with its records "
-        "moved aside (*%s).", workdir, unsaved[0], unsaved[1], ASIDE_SUFFIX)
+        "The earlier run in %s stopped %s: starting again at step 0, with "
+        "its records moved aside (*%s).", workdir, stopped, ASIDE_SUFFIX)
   if not is_chief:
     return
   root = workdir_lib.workdir_path(workdir)
