@@ -184,17 +184,24 @@ def test_workers_fork_only_where_it_is_safe(case, method):
   assert out.split() == [method]
 
 
-def test_spawned_workers_write_the_same_shards(inputs, prepared, tmp_path):
-  # prepare called where JAX has started (a notebook): spawned workers.
-  out = str(tmp_path / "spawned")
-  code = (f"import jax; jax.devices()\n"
-          f"from ovsw_jax.data import prepare\n"
-          f"assert prepare.worker_context().get_start_method() == 'spawn'\n"
-          f"prepare.prepare({out!r}, data_dir={inputs['folder']!r}, "
-          f"examples_per_shard={PER_SHARD}, processes=2)\n")
-  subprocess.run([sys.executable, "-c", code], check=True,
-                 stdout=subprocess.DEVNULL)
-  assert _files(out) == _files(prepared[0])
+def test_forked_and_spawned_workers_write_the_same_shards(inputs, prepared,
+                                                         tmp_path):
+  # From the command line's state (a fresh process: fork) and a notebook's
+  # (JAX started: spawn), each in its own interpreter.
+  outs = {}
+  for method, start_jax in (("fork", ""),
+                            ("spawn", "import jax; jax.devices()\n")):
+    outs[method] = str(tmp_path / method)
+    code = (f"{start_jax}from ovsw_jax.data import prepare\n"
+            f"assert prepare.worker_context().get_start_method() == "
+            f"{method!r}\n"
+            f"prepare.prepare({outs[method]!r}, data_dir="
+            f"{inputs['folder']!r}, examples_per_shard={PER_SHARD}, "
+            f"processes=2)\n")
+    subprocess.run([sys.executable, "-c", code], check=True,
+                   stdout=subprocess.DEVNULL)
+  assert _files(outs["fork"]) == _files(outs["spawn"]) == _files(prepared[0])
+  assert len(_files(outs["fork"])) == 5
 
 
 def test_gcs_output_is_the_same_bytes(inputs, prepared, gcs_bucket):  # pylint: disable=redefined-outer-name

@@ -137,17 +137,36 @@ def print_counts(classes: Sequence[str], splits: dict[str, Any]) -> None:
 def worker_context() -> multiprocessing.context.BaseContext:
   """How `prepare` starts its worker processes: fork where it is safe.
 
-  A forked worker starts in milliseconds; a spawned one imports JAX again
-  (seconds). But a fork copies only the calling thread, so a process whose
-  other threads may hold locks (JAX's backend has started: a notebook, a
-  test; or Python threads run) can hand the child a lock nobody releases,
-  and a worker that deadlocks or crashes. Then the workers spawn.
+  A forked worker starts in milliseconds and shares the parent's memory; a
+  spawned one imports ovsw_jax and JAX again (seconds, about 0.2 GB each).
+  But a fork copies only the calling thread, so a process whose other
+  threads may hold locks can hand the child a lock nobody releases, and a
+  worker that deadlocks or crashes. Workers spawn when JAX's backend has
+  started (a notebook, a test) or other Python threads run. A heuristic:
+  native threads that neither knows of (a TensorFlow or gRPC pool) go
+  unseen. Spawned workers need a script's top level to be guarded by
+  ``if __name__ == '__main__':``, as multiprocessing always does for spawn.
   """
   if ('fork' in multiprocessing.get_all_start_methods()
       and not backend_state.backend_started()
       and threading.active_count() == 1):
     return multiprocessing.get_context('fork')
   return multiprocessing.get_context('spawn')
+
+
+def _worker_pool(processes: int) -> concurrent.futures.Executor:
+  """``processes`` workers (1: this process, one thread), all started now.
+
+  With fork, the pool starts every worker at its first task: that task runs
+  here, before listing the input or the output (gs:// I/O starts threads),
+  so the fork happens in the process `worker_context` judged.
+  """
+  if processes == 1:
+    return concurrent.futures.ThreadPoolExecutor(1)
+  pool = concurrent.futures.ProcessPoolExecutor(
+      processes, mp_context=worker_context())
+  pool.submit(os.getpid).result()
+  return pool
 
 
 def prepare(out: str, *, data_dir: str | None = None,
@@ -159,7 +178,9 @@ def prepare(out: str, *, data_dir: str | None = None,
   """Writes the prepared dataset to `out`; returns its dataset_info.
 
   ``processes`` > 1 runs that many worker processes, forked where that is
-  safe and spawned otherwise (`worker_context`); None: one per core.
+  safe and spawned otherwise (`worker_context`); None: one per core. In a
+  notebook (JAX started), workers spawn and each imports JAX: pass a
+  smaller ``processes`` where memory is short, or run the command line.
 
   Raises:
     ValueError: bad arguments or input (naming the path and the fix).
@@ -174,12 +195,7 @@ def prepare(out: str, *, data_dir: str | None = None,
     raise ValueError(f'--examples_per_shard={examples_per_shard} must be '
                      '>= 1')
   processes = processes or len(os.sched_getaffinity(0))
-  if processes == 1:  # in this process (one thread, in order)
-    executor = concurrent.futures.ThreadPoolExecutor(1)
-  else:
-    executor = concurrent.futures.ProcessPoolExecutor(
-        processes, mp_context=worker_context())
-  with executor as pool:
+  with _worker_pool(processes) as pool:
     if data_dir:
       plan = prepare_inputs.folder_plan(
           data_dir, train_split=train_split, eval_split=eval_split,
