@@ -1,6 +1,7 @@
 """Metric chunk files: flush, resume rewind, legacy metrics.jsonl, order."""
 
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -95,7 +96,6 @@ def test_a_resumed_run_hides_the_killed_runs_later_tensorboard_events(
       (5, 3.0), (10, 2.0), (15, 0.5)]
 
 
-
 def test_the_tensorboard_writer_does_not_import_torch(tmp_path):
   # tensorboardX imports torch when it can, 1.5 s of every run's start; the
   # writer hides it (in a fresh interpreter: pytest's may hold either).
@@ -117,3 +117,26 @@ print(torch.nn.Linear(2, 3).weight.shape[0])
   acc = event_accumulator.EventAccumulator(str(tmp_path / "tensorboard"))
   acc.Reload()
   assert [(e.step, e.value) for e in acc.Scalars("loss")] == [(5, 0.25)]
+
+
+def test_a_tensorboardx_that_needs_torch_is_imported_with_it(tmp_path):
+  # A future tensorboardX importing torch unguarded must not turn the
+  # summaries off: the import is retried with torch. A stand-in package
+  # that needs torch, first on the path of a fresh interpreter:
+  pytest.importorskip("torch")
+  package = tmp_path / "tensorboardX"
+  package.mkdir()
+  (package / "__init__.py").write_text("import torch\nNEEDS = torch.__name__\n")
+  code = f"""
+import sys
+from ovsw_jax.training import tensorboard
+module = tensorboard._import_tensorboardx()
+print(module.NEEDS, module.__file__.startswith({str(tmp_path)!r}),
+      sys.modules["torch"] is not None)
+"""
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+      [str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                       text=True, check=True, cwd=REPO, env=env
+                       ).stdout.split()
+  assert out == ["torch", "True", "True"]

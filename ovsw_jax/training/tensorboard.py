@@ -55,13 +55,15 @@ class ScalarWriter:
 
 
 def _import_tensorboardx():
-  """tensorboardX, imported without importing torch when torch is not
-  already loaded.
+  """tensorboardX, imported without torch unless torch is loaded already.
 
   tensorboardX imports torch whenever it is installed (to accept torch
   tensors; these scalars are Python floats), which added 1.5 s to the start
   of every run on a machine with torch (Colab, the test extra). A None entry
   in sys.modules makes its ``import torch`` fail as if torch were absent.
+  The entry is process-wide for the import's duration, so the writer is
+  made on the main thread before training starts (`create_writer`). A
+  tensorboardX that cannot import without torch is imported again with it.
   """
   if "torch" in sys.modules or "tensorboardX" in sys.modules:
     import tensorboardX  # pylint: disable=g-import-not-at-top
@@ -69,8 +71,13 @@ def _import_tensorboardx():
   sys.modules["torch"] = None
   try:
     import tensorboardX  # pylint: disable=g-import-not-at-top
+    return tensorboardX
+  except ImportError:
+    for name in [m for m in sys.modules if m.split(".")[0] == "tensorboardX"]:
+      del sys.modules[name]  # half-imported: import it afresh below
   finally:
     del sys.modules["torch"]
+  import tensorboardX  # pylint: disable=g-import-not-at-top,reimported
   return tensorboardX
 
 
