@@ -178,7 +178,8 @@ def _train(config, experiment, mesh, manager, run_dir: Path, log):
   checkpointing every epoch; returns (state, flip record, history)."""
   state = state_lib.create_train_state(
       experiment.model, experiment.tx, experiment.info.image_shape,
-      config.seed, mesh, experiment.model_state_fn)
+      config.seed, mesh, experiment.model_state_fn,
+      cpu_fast_path=config.cpu_fast_path)
   record = diagnostics.init_flip_record(state.params)
   state, record, history = _resume(manager, state, record, run_dir, log)
   fns = _jitted(experiment, mesh, config)

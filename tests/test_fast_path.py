@@ -48,9 +48,14 @@ def _fake_mesh(platform):
   return types.SimpleNamespace(devices=np.array([device], dtype=object))
 
 
+def _cpu_mesh():
+  # The module also runs on a GPU/TPU (-m accelerator), where the default
+  # mesh is not a CPU one; the CPU path is checked on the CPU devices.
+  return mesh_lib.create_mesh(jax.devices("cpu"))
+
+
 def test_options_are_chosen_per_backend():
-  mesh = mesh_lib.create_mesh()
-  assert mesh.devices.flat[0].platform == "cpu"
+  mesh = _cpu_mesh()
   assert fast_path_lib.compiler_options(mesh) == fast_path_lib.CPU_COMPILER_OPTIONS
   # A copy: callers cannot change the module's options by accident.
   assert fast_path_lib.compiler_options(mesh) is not fast_path_lib.CPU_COMPILER_OPTIONS
@@ -63,12 +68,16 @@ def test_rejected_options_fall_back_to_defaults(monkeypatch, caplog):
   # A jaxlib that renamed the experimental option must not break training.
   monkeypatch.setattr(fast_path_lib, "CPU_COMPILER_OPTIONS",
                       {"xla_cpu_no_such_option_exists": "1"})
-  fast_path_lib._cpu_options_supported.cache_clear()
+  monkeypatch.setattr(fast_path_lib, "INIT_COMPILER_OPTIONS",
+                      {"xla_cpu_no_such_init_option": "1"})
+  fast_path_lib._options_supported.cache_clear()
   try:
-    assert fast_path_lib.compiler_options(mesh_lib.create_mesh()) is None
+    assert fast_path_lib.compiler_options(_cpu_mesh()) is None
+    assert fast_path_lib.init_compiler_options(_cpu_mesh()) is None
   finally:
-    fast_path_lib._cpu_options_supported.cache_clear()
+    fast_path_lib._options_supported.cache_clear()
   assert "xla_cpu_no_such_option_exists" in caplog.text
+  assert "xla_cpu_no_such_init_option" in caplog.text
 
 
 def _run_steps(cpu_fast_path, steps=3):
@@ -196,7 +205,7 @@ def test_configs_saved_before_the_fast_path_still_build_models():
 
 
 def test_init_options_are_chosen_per_backend():
-  mesh = mesh_lib.create_mesh()
+  mesh = _cpu_mesh()
   assert (fast_path_lib.init_compiler_options(mesh)
           == fast_path_lib.INIT_COMPILER_OPTIONS)
   assert (fast_path_lib.init_compiler_options(mesh)
@@ -206,40 +215,54 @@ def test_init_options_are_chosen_per_backend():
     assert fast_path_lib.init_compiler_options(_fake_mesh(platform)) is None
 
 
-def test_init_options_reach_the_compiler(monkeypatch):
-  # An option XLA does not know fails the compile: proof that
-  # create_train_state compiles with init_compiler_options, and only on the
-  # fast path.
-  monkeypatch.setattr(fast_path_lib, "INIT_COMPILER_OPTIONS",
-                      {"xla_cpu_no_such_option_exists": "1"})
+def test_init_options_reach_the_compiler(monkeypatch, tmp_path):
+  # XLA's dump of the options the init program compiled with says -O1. (A
+  # seed no other test uses: a program from the session's compilation cache
+  # would not be dumped.)
   exp = experiment_lib.create_experiment(_config())
-  mesh = mesh_lib.create_mesh()
-  with pytest.raises(Exception, match="xla_cpu_no_such_option_exists"):
-    state_lib.create_train_state(exp.model, exp.tx, exp.info.image_shape, 0,
-                                 mesh)
-  state = state_lib.create_train_state(exp.model, exp.tx,
-                                       exp.info.image_shape, 0, mesh,
-                                       cpu_fast_path=False)
-  assert int(state.step) == 0
+  monkeypatch.setattr(fast_path_lib, "INIT_COMPILER_OPTIONS", {
+      **fast_path_lib.INIT_COMPILER_OPTIONS, "xla_dump_to": str(tmp_path)})
+  fast_path_lib._options_supported.cache_clear()
+  chosen = []
+  choose = fast_path_lib.init_compiler_options
+  monkeypatch.setattr(fast_path_lib, "init_compiler_options",
+                      lambda *a, **k: chosen.append(choose(*a, **k))
+                      or chosen[-1])
+  try:
+    state_lib.create_train_state(exp.model, exp.tx, exp.info.image_shape,
+                                 918273, _cpu_mesh())
+    # The portable path passes no options at all.
+    state_lib.create_train_state(exp.model, exp.tx, exp.info.image_shape,
+                                 918273, _cpu_mesh(), cpu_fast_path=False)
+  finally:
+    fast_path_lib._options_supported.cache_clear()
+  assert chosen[1] is None and chosen[0]["xla_backend_optimization_level"] == 1
+  text = "".join(p.read_text() for p in tmp_path.glob("*jit_init*debug_options"))
+  assert "xla_backend_optimization_level: 1" in text, sorted(
+      p.name for p in tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("overrides", [
-    # The quickstart's model and optimizer, at its input shape.
-    {"model": "cresnet20_1w1a", "model_options": {}, "method": "ovsw+adam",
-     "dataset_options": {"image_shape": (16, 16, 1), "num_train": 64,
-                         "num_eval": 16}},
+@pytest.mark.parametrize("overrides,partitionable", [
+    # The quickstart's model and optimizer, at its input shape, drawn as a
+    # run draws them (JAX's default threefry; the suite's is not).
+    ({"model": "cresnet20_1w1a", "model_options": {}, "method": "ovsw+adam",
+      "dataset_options": {"image_shape": (16, 16, 1), "num_train": 64,
+                          "num_eval": 16}}, True),
     # Other initialisers (ReActNet's learnable biases, the real-valued stem)
-    # and SGD's state.
-    {"model": "reactnet_a_cifar", "model_options": {}, "method": "ovsw"},
+    # and SGD's state, as the suite draws them.
+    ({"model": "reactnet_a_cifar", "model_options": {}, "method": "ovsw"},
+     False),
 ], ids=["cresnet20", "reactnet_a_cifar"])
-def test_fast_init_gives_the_default_compile_bit_for_bit(overrides):
+def test_fast_init_gives_the_default_compile_bit_for_bit(overrides,
+                                                         partitionable):
   """The init program at INIT_COMPILER_OPTIONS (compiled in under half the
   time) holds exactly the values XLA's default compile gives."""
   exp = experiment_lib.create_experiment(_config(**overrides))
-  mesh = mesh_lib.create_mesh()
-  fast, default_ = (jax.device_get(state_lib.create_train_state(
-      exp.model, exp.tx, exp.info.image_shape, 3, mesh, cpu_fast_path=fast))
-                    for fast in (True, False))
+  mesh = _cpu_mesh()
+  with jax.threefry_partitionable(partitionable):
+    fast, default_ = (jax.device_get(state_lib.create_train_state(
+        exp.model, exp.tx, exp.info.image_shape, 3, mesh, cpu_fast_path=fast))
+                      for fast in (True, False))
   leaves_f = jax.tree.leaves(state_lib.checkpoint_items(fast))
   leaves_d = jax.tree.leaves(state_lib.checkpoint_items(default_))
   assert len(leaves_f) == len(leaves_d) > 60

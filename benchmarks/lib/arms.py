@@ -94,7 +94,8 @@ class JaxArm:
       self.state = state_lib.create_train_state(
           self.experiment.model, self.experiment.tx,
           self.experiment.info.image_shape, config.seed, mesh,
-          self.experiment.model_state_fn)
+          self.experiment.model_state_fn,
+          cpu_fast_path=config.cpu_fast_path)
     else:
       self.state = state_from_variables(self.experiment, variables,
                                         config.seed, mesh)

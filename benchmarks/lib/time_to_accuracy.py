@@ -74,7 +74,7 @@ class OursRun:
                                              input_fn=normalize)
     self.state = state_lib.create_train_state(
         self.exp.model, self.exp.tx, self.exp.info.image_shape, config.seed,
-        self.mesh)
+        self.mesh, cpu_fast_path=config.cpu_fast_path)
     self.feed = input_feed.InputFeed(config, self.mesh)
 
   def warm_up(self) -> float:

@@ -50,28 +50,36 @@ CPU_COMPILER_OPTIONS: dict[str, Any] = {
 # XLA:CPU its compile was the largest single cost of the quickstart's start:
 # each parameter's threefry loop becomes large fused kernels that LLVM
 # optimises at XLA's default level. At -O1 the cResNet20 init compiles in
-# 1.7 s instead of 3.7 s and gives the same bits (the test compares every
-# leaf with the default compile); -O0 would be faster still but rounds the
-# normal initialisers differently.
+# 1.7 s instead of 3.7 s (JAX's default, partitionable threefry; 2 cores)
+# and gives the same bits (the test compares every leaf with the default
+# compile, in both threefry modes); -O0 would be faster still but rounds
+# the normal initialisers differently.
 INIT_COMPILER_OPTIONS: dict[str, Any] = {"xla_backend_optimization_level": 1}
 
 
-@functools.lru_cache(maxsize=None)
-def _cpu_options_supported() -> bool:
-  """Whether this jaxlib's XLA:CPU accepts `CPU_COMPILER_OPTIONS`.
+def _supported(options: Mapping[str, Any]) -> bool:
+  """Whether this jaxlib's XLA:CPU accepts ``options`` (asked once each)."""
+  return _options_supported(tuple(sorted(options.items())))
 
-  The options are experimental XLA flags; a jaxlib that renamed or dropped
-  one rejects the compile, so try once on a tiny function.
+
+@functools.lru_cache(maxsize=None)
+def _options_supported(items: tuple[tuple[str, Any], ...]) -> bool:
+  """`_supported`'s cached probe: compiles a tiny function with the options.
+
+  The step options are experimental XLA flags; a jaxlib that renamed or
+  dropped one rejects the compile, and the programs then compile with
+  XLA's defaults instead of failing.
   """
+  options = dict(items)
   try:
     cpu = jax.devices("cpu")[0]
-    jax.jit(lambda x: x + 1, compiler_options=CPU_COMPILER_OPTIONS).lower(
+    jax.jit(lambda x: x + 1, compiler_options=options).lower(
         jax.ShapeDtypeStruct((1,), np.float32,
                              sharding=jax.sharding.SingleDeviceSharding(cpu))
     ).compile()
   except Exception as e:  # pylint: disable=broad-except
-    logging.warning("XLA:CPU rejected %s (%s); the CPU steps compile with "
-                    "XLA's defaults", CPU_COMPILER_OPTIONS, e)
+    logging.warning("XLA:CPU rejected %s (%s); compiling with XLA's "
+                    "defaults instead", options, e)
     return False
   return True
 
@@ -96,21 +104,28 @@ def compiler_options(mesh: Mesh, cpu_fast_path: bool = True
     (XLA's defaults; always on GPU and TPU).
   """
   platform = mesh.devices.flat[0].platform
-  if uses_cpu_fast_path(platform, cpu_fast_path) and _cpu_options_supported():
+  if (uses_cpu_fast_path(platform, cpu_fast_path)
+      and _supported(CPU_COMPILER_OPTIONS)):
     return dict(CPU_COMPILER_OPTIONS)
   return None
 
 
 def init_compiler_options(mesh: Mesh, cpu_fast_path: bool = True
                           ) -> Optional[dict[str, Any]]:
-  """XLA options for the program that initialises the train state on ``mesh``.
+  """XLA options for the program that initialises the train state.
+
+  Args:
+    mesh: the mesh the state is replicated over; its devices' platform
+      decides.
+    cpu_fast_path: False compiles with XLA's defaults everywhere.
 
   Returns:
-    `INIT_COMPILER_OPTIONS` on a CPU mesh with ``cpu_fast_path``, else None
-    (XLA's defaults; always on GPU and TPU).
+    `INIT_COMPILER_OPTIONS` on a CPU mesh whose jaxlib accepts them, else
+    None (XLA's defaults; always on GPU and TPU).
   """
   platform = mesh.devices.flat[0].platform
-  if uses_cpu_fast_path(platform, cpu_fast_path):
+  if (uses_cpu_fast_path(platform, cpu_fast_path)
+      and _supported(INIT_COMPILER_OPTIONS)):
     return dict(INIT_COMPILER_OPTIONS)
   return None
 
