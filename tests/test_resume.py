@@ -89,31 +89,71 @@ def test_a_run_killed_before_its_first_checkpoint_restarts_cleanly(tmp_path):
   assert records[-1]["step"] == 55
 
 
-def test_a_run_killed_before_its_first_records_restarts_cleanly(tmp_path,
-                                                                 caplog):
-  # Killed before the metric writer's first flush (at the first eval or
-  # save, or after 30 s): only config.json and TensorBoard events are on
-  # disk. The rerun must not write its curves into the dead run's events.
-  workdir = str(tmp_path)
-  workdir_lib.write_config(_quickstart_like(), workdir)
+def _killed_before_first_flush(workdir):
+  """A workdir as a run leaves it when killed before its metric writer's
+  first flush (at the first eval or save, or after 30 s): config.json, an
+  empty metrics/ and TensorBoard events; the files' contents."""
+  workdir_lib.write_config(tiny_config(), workdir)
+  os.makedirs(os.path.join(workdir, "metrics"))
   events = tensorboard.create_writer(workdir)
   events.write(20, {"train_loss": 1.5})
   events.close()
-  before = _tree(os.path.join(workdir, "tensorboard"))
-  assert len(before) == 1
-  assert restart.previous_run_files(workdir)
+  return _tree(workdir)
+
+
+def test_a_run_killed_before_its_first_records_restarts_cleanly(tmp_path,
+                                                                 caplog):
+  # The rerun must not write its curves into the dead run's events.
+  workdir = str(tmp_path)
+  before = _killed_before_first_flush(workdir)
   restart.check_fresh_start(workdir, restart_from_scratch=False)
   assert "stopped before writing its first records" in caplog.text
   assert sorted(os.listdir(workdir)) == [
-      "config.json.before_restart", "tensorboard.before_restart"]
-  assert _tree(os.path.join(workdir, "tensorboard.before_restart")) == before
-  # An unreadable checkpoint beside such events may have been a save: refused.
-  workdir = str(tmp_path / "lost")
-  workdir_lib.write_config(_quickstart_like(), workdir)
+      "config.json.before_restart", "metrics.before_restart",
+      "tensorboard.before_restart"]
+  assert {k.replace(".before_restart", ""): v
+          for k, v in _tree(workdir).items()} == before
+  # Events without a config.json are not a training run's (an eval_only
+  # attempt writes events, never config.json): left alone, no verdict.
+  workdir = str(tmp_path / "eval_only")
   tensorboard.create_writer(workdir).close()
-  os.makedirs(os.path.join(workdir, "checkpoints", "55.unreadable"))
-  with pytest.raises(restart.RestartRefusedError):
-    restart.check_fresh_start(workdir, restart_from_scratch=False)
+  before = _tree(workdir)
+  caplog.clear()
+  restart.check_fresh_start(workdir, restart_from_scratch=False)
+  assert _tree(workdir) == before and not caplog.text
+
+
+def test_two_processes_take_process_0s_restart_verdict(tmp_path,
+                                                       compile_cache):
+  # Process 0 alone decides and moves; process 1 takes its verdict after
+  # the moves: it neither warns nor reads a half-moved workdir, and a
+  # refusal stops both (no process left waiting at a collective).
+  from test_preemption import _launch_pair  # pylint: disable=g-import-not-at-top
+  from test_preemption import PAIR  # pylint: disable=g-import-not-at-top
+  killed = tmp_path / "killed"
+  before = _killed_before_first_flush(str(killed))
+  lost = tmp_path / "lost"
+  os.makedirs(lost / "checkpoints" / "5.unreadable")
+  outs = {}
+  for name in ("killed", "lost"):
+    procs = _launch_pair(tmp_path / name, compile_cache)
+    outs[name] = [(p.communicate(timeout=400)[0], p.returncode)
+                  for p in procs]
+  (out0, rc0), (out1, rc1) = outs["killed"]
+  assert rc0 == rc1 == 0, out0[-3000:] + out1[-3000:]
+  assert "stopped before writing its first records" in out0
+  assert "stopped before" not in out1
+  aside = killed / "tensorboard.before_restart"
+  assert _tree(str(aside)) == {os.path.relpath(k, "tensorboard"): v
+                               for k, v in before.items()
+                               if k.startswith("tensorboard")}
+  assert metrics_io.read_metrics(str(killed))[-1]["step"] == PAIR[
+      "num_train_steps"]
+  (out0, rc0), (out1, rc1) = outs["lost"]
+  assert rc0 == rc1 == 1, out0[-3000:] + out1[-3000:]
+  assert "which had saved checkpoints; refusing" in out0
+  assert "process 0 refused to restart at step 0" in out1
+  assert sorted(os.listdir(lost)) == ["checkpoints"]
 
 
 def test_a_run_whose_checkpoints_are_gone_still_needs_the_flag(tmp_path):

@@ -275,11 +275,11 @@ def _initial_state(config, experiment, manager, mesh, workdir, changed=None
         f"change in a new --workdir with --config.init_from={workdir}."
         ) from e
   if restored is None:
-    restart.check_fresh_start(workdir, config.restart_from_scratch,
-                              jax.process_index() == 0)
+    restart.check_fresh_start(workdir, config.restart_from_scratch)
     state = state_lib.create_train_state(
         experiment.model, experiment.tx, experiment.info.image_shape,
-        config.seed, mesh, experiment.model_state_fn, config.cpu_fast_path)
+        config.seed, mesh, experiment.model_state_fn,
+        cpu_fast_path=config.cpu_fast_path)
     if config.init_from:
       state = warm_start.initialise_from(state, config.init_from,
                                          experiment.tx, mesh)

@@ -26,6 +26,9 @@ from typing import Optional
 
 from absl import logging
 from etils import epath
+import jax
+from jax.experimental import multihost_utils
+import numpy as np
 
 from ovsw_jax.training import checkpointing
 from ovsw_jax.training import config as config_lib
@@ -48,13 +51,15 @@ class RestartRefusedError(RuntimeError):
 
 
 def previous_run_files(workdir: str) -> list[epath.Path]:
-  """The files of an earlier run: its metric files, TensorBoard events,
-  set-aside checkpoints."""
+  """An earlier run's metric files, events folder, set-aside checkpoints."""
   found = metrics_io.metric_files(workdir)
   root = workdir_lib.workdir_path(workdir)
   events = root / tensorboard.TENSORBOARD_DIR
-  if events.exists() and any(events.iterdir()):
-    found.append(events)  # named as the folder: its files' names say little
+  # Events beside a config.json: a training run's (eval_only writes events
+  # but never config.json). Named as the folder: the files' names say little.
+  if ((root / workdir_lib.CONFIG_FILE).exists() and events.exists()
+      and any(events.iterdir())):
+    found.append(events)
   ckpt_dir = epath.Path(workdir_lib.checkpoint_dir(workdir))
   if ckpt_dir.exists():
     found += sorted(p for p in ckpt_dir.iterdir()
@@ -71,18 +76,22 @@ def _aside_name(path: epath.Path) -> epath.Path:
 
 def _stopped_before_saving(workdir: str, found: list[epath.Path]
                            ) -> Optional[str]:
-  """Where the earlier run stopped, when that proves it never saved a
-  checkpoint ("at step 20, before its first checkpoint (step 55)"); None
-  when it may have saved one."""
+  """Where the earlier run stopped, if that proves it saved no checkpoint.
+
+  Returns:
+    e.g. "at step 20, before its first checkpoint (step 55)"; None when it
+    may have saved one.
+  """
   if any(checkpointing.UNREADABLE_SUFFIX in p.name for p in found):
     return None
-  if not metrics_io.metric_files(workdir):
+  if all(p.name == tensorboard.TENSORBOARD_DIR for p in found):
     # Records are flushed before every save: none on disk, no save began.
     return "before writing its first records, so before its first checkpoint"
   unsaved = unsaved_run(workdir)
   if unsaved is None:
     return None
-  return f"at step {unsaved[0]}, before its first checkpoint (step {unsaved[1]})"
+  return (f"at step {unsaved[0]}, before its first checkpoint "
+          f"(step {unsaved[1]})")
 
 
 def unsaved_run(workdir: str) -> Optional[tuple[int, int]]:
@@ -122,21 +131,42 @@ def unsaved_run(workdir: str) -> Optional[tuple[int, int]]:
   return None
 
 
-def check_fresh_start(workdir: str, restart_from_scratch: bool,
-                      is_chief: bool = True) -> None:
+def check_fresh_start(workdir: str, restart_from_scratch: bool) -> None:
   """Lets a run start at step 0 in ``workdir`` only if nothing would be lost.
+
+  Every process calls it. Process 0 alone reads the workdir, decides and
+  moves the old records aside; the others take its verdict, after the moves
+  (so none sees a half-moved workdir, nor the new run's first files).
 
   Args:
     workdir: the run's workdir (no readable checkpoint was found in it).
     restart_from_scratch: the config's flag: start again even over a run
       whose checkpoints were lost.
-    is_chief: only process 0 moves files.
 
   Raises:
     RestartRefusedError: the workdir holds the record of a run that saved
       checkpoints which are gone or unreadable, and ``restart_from_scratch``
       is False.
   """
+  refusal = None
+  if jax.process_index() == 0:
+    try:
+      _set_aside_for_restart(workdir, restart_from_scratch)
+    except RestartRefusedError as e:
+      refusal = str(e)
+  if jax.process_count() > 1:
+    refused = bool(multihost_utils.broadcast_one_to_all(
+        np.int32(refusal is not None)))
+  else:
+    refused = refusal is not None
+  if refused:
+    raise RestartRefusedError(refusal or (
+        f"process 0 refused to restart at step 0 in {workdir} over an "
+        "earlier run's files; its log says why and what to do."))
+
+
+def _set_aside_for_restart(workdir: str, restart_from_scratch: bool) -> None:
+  """`check_fresh_start`'s verdict and moves, on process 0."""
   found = previous_run_files(workdir)
   if not found:
     return
@@ -153,8 +183,6 @@ def check_fresh_start(workdir: str, restart_from_scratch: bool,
     logging.warning(
         "The earlier run in %s stopped %s: starting again at step 0, with "
         "its records moved aside (*%s).", workdir, stopped, ASIDE_SUFFIX)
-  if not is_chief:
-    return
   root = workdir_lib.workdir_path(workdir)
   for name in RUN_RECORD:
     path = root / name
