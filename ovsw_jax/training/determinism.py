@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import os
 
-from ovsw_jax.backend_state import backend_started
+from ovsw_jax import backend_state
 
 # What XLA needs for run-to-run determinism on GPUs (flag, value).
 DETERMINISTIC_FLAGS = (("xla_gpu_deterministic_ops", "true"),
@@ -77,7 +77,7 @@ def configure(deterministic: bool) -> None:
     raise ValueError(
         f"config.deterministic=True, but XLA_FLAGS turns off {off}; remove "
         f"{'them' if len(off) > 1 else 'it'} from XLA_FLAGS.")
-  if backend_started():
+  if backend_state.backend_started():
     raise ValueError(
         "config.deterministic=True needs XLA flags that XLA reads only when "
         "JAX starts its backend, and it has started already. Call "
