@@ -15,8 +15,10 @@ change in float rounding (another CPU, another device count). With the CIFAR
 recipe's SGD at 0.1, 20 epochs of this data ended anywhere from 65% to 81%
 across machines and device counts; AGS and SAD in front of Adam at 0.02
 (per-step warmup and cosine), 24 epochs, ended at 94.6-97.0% on every seed
-and device count of the sweep. Why 24: 30 epochs took 55-65 s, over the
-minute this recipe is for; 20 epochs ended at 93.3-97.3%, a wider spread.
+and device count of the sweep. Why 24: at 30 epochs the previous sweep
+took 55-65 s a run, over the minute this recipe is for (under more load,
+and before start-up got about 3.5 s faster); 20 epochs ended at
+93.3-97.3%, a spread over 3 points.
 Adam normalises each weight's step, which largely undoes AGS's per-channel
 scaling (it still acts through Adam's moments); the CIFAR and ImageNet
 recipes keep the paper's SGD.
