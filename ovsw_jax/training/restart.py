@@ -1,8 +1,8 @@
 """Starting at step 0 in a workdir that holds an earlier run's files.
 
 A workdir with no readable checkpoint but with an earlier run's record (its
-metric files, its TensorBoard events, or checkpoints set aside as
-unreadable, ``<step>.unreadable``) is one of two things:
+metric files, its TensorBoard events beside its config.json, or checkpoints
+set aside as unreadable, ``<step>.unreadable``) is one of two things:
 
 * a run killed before its first checkpoint: nothing of it can be resumed,
   and its records end before the first step it would have saved at, or it
