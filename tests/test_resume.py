@@ -199,7 +199,7 @@ def test_diff_splits_guarded_from_neutral_keys():
   assert config_lib.RESUME_NEUTRAL_KEYS <= config_lib.CONFIG_KEYS
 
 
-def test_the_config_guard_and_a_finished_runs_rerun(tmp_path):
+def test_the_config_guard_and_a_finished_runs_rerun(tmp_path, caplog):
   workdir = str(tmp_path)
   # 2 and then 4 steps: the programs test_restart and test_train compile.
   config = tiny_config(num_train_steps=2, checkpoint_every_steps=2)
@@ -230,8 +230,24 @@ def test_the_config_guard_and_a_finished_runs_rerun(tmp_path):
           "num_train_steps 2 -> 4." in message)
   assert "checkpoint at step 2" in message
   assert "--config.allow_config_change=True" in message
+  assert f"--config.init_from={workdir}" in message  # for a model change
   assert _tree(os.path.join(workdir, "checkpoints")) == checkpoints
   assert open(os.path.join(workdir, "config.json")).read() == config_json
+  assert resume_guard.read_history(workdir) == []
+
+  # Allowed, but another model: the checkpoint cannot hold it. One line
+  # naming init_from; no warning per checkpoint; nothing set aside.
+  caplog.clear()
+  other = tiny_config(num_train_steps=2, allow_config_change=True,
+                      model_options={"stage_sizes": (1, 1, 2)})
+  with pytest.raises(ValueError, match=(
+      r"cannot be read with the changed config \(model_options.stage_sizes "
+      r"\[1, 1, 1\] -> \[1, 1, 2\]\): step 2 \(.*\)\. Keep those keys .*"
+      r"--config.init_from=")) as error:
+    loop.train_and_evaluate(other, workdir)
+  assert "\n" not in str(error.value)
+  assert "unreadable" not in caplog.text
+  assert _tree(os.path.join(workdir, "checkpoints")) == checkpoints
   assert resume_guard.read_history(workdir) == []
 
   # Allowed: trains on, with the change recorded.

@@ -184,7 +184,8 @@ def short_error(e: BaseException) -> str:
     cut = text.find(marker)
     if cut > 0:
       text = text[:cut].rstrip(" :,(")
-  return f"{type(e).__name__}: {text[:200]}"
+  # A first line that announces details on the next ones ends in ':'.
+  return f"{type(e).__name__}: {text[:200].rstrip(' :')}"
 
 
 def _set_aside(manager: ocp.CheckpointManager, step: int) -> None:
@@ -205,7 +206,8 @@ def _set_aside(manager: ocp.CheckpointManager, step: int) -> None:
 def restore(manager: ocp.CheckpointManager,
             abstract_state: Any,
             step: Optional[int] = None,
-            set_aside_unreadable: bool = True
+            set_aside_unreadable: bool = True,
+            fall_back: bool = True
             ) -> Optional[tuple[Any, dict[str, Any], int]]:
   """Restores a checkpoint; falls back to older ones if it is unreadable.
 
@@ -218,6 +220,9 @@ def restore(manager: ocp.CheckpointManager,
     set_aside_unreadable: rename unreadable step directories to
       ``<step>.unreadable`` so that later saves at that step succeed and
       nothing tries them again. Off for read-only use.
+    fall_back: False raises at the first unreadable checkpoint, without a
+      warning: for a changed config, whose structure no older checkpoint
+      holds either.
 
   Returns:
     ``(state, meta, step)``, or None if there is no checkpoint at all.
@@ -248,6 +253,10 @@ def restore(manager: ocp.CheckpointManager,
       # means "try the one before".
       message = short_error(e)
       errors.append(f"step {candidate} ({message})")
+      if not fall_back:
+        raise UnreadableCheckpointsError(
+            f"the checkpoint at step {candidate} in {manager.directory} "
+            f"cannot be read: {message}", errors) from e
       older = [s for s in steps if s < candidate]
       logging.warning(
           "Checkpoint at step %d in %s is unreadable (%s); %s%s", candidate,

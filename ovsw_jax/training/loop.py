@@ -264,7 +264,7 @@ def _initial_state(config, experiment, manager, mesh, workdir, changed=None
   try:
     restored = checkpointing.restore(
         manager, state_lib.checkpoint_items(abstract),
-        set_aside_unreadable=not changed)
+        set_aside_unreadable=not changed, fall_back=not changed)
   except checkpointing.UnreadableCheckpointsError as e:
     if not changed:
       raise

@@ -141,7 +141,9 @@ def check(config: ml_collections.ConfigDict, workdir: str,
         f"checkpoint at step {step} was trained, in keys that change "
         f"training: {describe(changes.guarded)}. Rerun with the saved "
         f"values, use a new --workdir, or pass {ALLOW_FLAG} to resume with "
-        f"the new ones (recorded in {CONFIG_HISTORY_FILE}).")
+        f"the new ones (recorded in {CONFIG_HISTORY_FILE}; a checkpoint "
+        f"cannot take another model or optimizer: train those in a new "
+        f"--workdir with --config.init_from={workdir}).")
   return changes
 
 
