@@ -116,8 +116,7 @@ def _override_error(argv: list[str], error: Exception) -> str:
   for key in keys:
     top, _, rest = key.partition(".")
     if top not in config_lib.CONFIG_KEYS:
-      return (f"unknown config key {top!r}; valid keys: "
-              f"{', '.join(sorted(config_lib.CONFIG_KEYS))}")
+      return config_lib.unknown_keys_message([top])
     if rest and not isinstance(defaults[top],
                                (dict, ml_collections.ConfigDict)):
       return (f"--config.{key}: config.{top} is a single value, not a dict; "

@@ -173,8 +173,13 @@ def test_default_config_has_exactly_the_known_keys():
 def test_unknown_config_key_is_rejected_with_valid_names():
   config = default.get_config()
   config.lerning_rate = 0.1
-  with pytest.raises(ValueError, match=r"unknown config key 'lerning_rate'; "
+  with pytest.raises(ValueError, match=r"unknown config key 'lerning_rate' "
+                     r"\(did you mean 'learning_rate'\?\); "
                      r"valid keys: .*\blearning_rate\b"):
+    experiment_lib.validate_config(config)
+  config.zzz = 1  # nothing close: no guess
+  with pytest.raises(ValueError, match=r"unknown config keys 'lerning_rate' "
+                     r"\(did you mean 'learning_rate'\?\), 'zzz'; valid"):
     experiment_lib.validate_config(config)
   config = default.get_config()
   config.method = "ovsw+agss"
@@ -188,7 +193,8 @@ def test_unknown_override_on_the_command_line(tmp_path, compile_cache):
       env=subprocess_env(compile_cache), capture_output=True, text=True,
       timeout=120, check=False)
   assert proc.returncode == 2
-  assert "unknown config key 'lerning_rate'; valid keys:" in proc.stderr
+  assert ("unknown config key 'lerning_rate' (did you mean "
+          "'learning_rate'?); valid keys:") in proc.stderr
   assert "learning_rate" in proc.stderr
   assert "Traceback" not in proc.stderr
 

@@ -8,7 +8,8 @@ and train.py names the valid ones for a bad ``--config.KEY`` override.
 
 from __future__ import annotations
 
-from typing import Any
+import difflib
+from typing import Any, Sequence
 
 import ml_collections
 from ml_collections import config_dict
@@ -272,14 +273,23 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _check_values(config)
 
 
+def unknown_keys_message(unknown: Sequence[str]) -> str:
+  """The error line for config keys not in the schema: each with the
+  closest valid key, if one is close, then the valid keys."""
+  named = []
+  for key in unknown:
+    close = difflib.get_close_matches(key, CONFIG_KEYS, n=1)
+    named.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close
+                               else ""))
+  return (f"unknown config key{'s' if len(unknown) > 1 else ''} "
+          f"{', '.join(named)}; valid keys: {', '.join(sorted(CONFIG_KEYS))}")
+
+
 def _check_keys(config: ml_collections.ConfigDict) -> None:
   keys = set(config.keys())
-  valid = ", ".join(sorted(CONFIG_KEYS))
   unknown = sorted(keys - CONFIG_KEYS)
   if unknown:
-    raise ValueError(
-        f"unknown config key{'s' if len(unknown) > 1 else ''} "
-        f"{', '.join(repr(k) for k in unknown)}; valid keys: {valid}")
+    raise ValueError(unknown_keys_message(unknown))
   missing = sorted(CONFIG_KEYS - keys)
   if missing:
     raise ValueError(
