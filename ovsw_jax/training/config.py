@@ -184,7 +184,7 @@ def _run_fields(config: ml_collections.ConfigDict) -> None:
   # Evaluate a checkpoint instead of training: 'latest' or 'best' one.
   config.eval_only = False
   config.eval_checkpoint = "latest"
-  config.progress_bar = True      # tqdm bar per epoch (process 0 only)
+  config.progress_bar = True      # tqdm bar per epoch (process 0, on a terminal)
   # A jax.profiler trace of this many steps, after 2 warm-up steps, into
   # <workdir>/profile (ovsw_jax.training.profiling); 0: off.
   config.profile_steps = 0

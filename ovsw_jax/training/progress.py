@@ -14,6 +14,9 @@ class EpochProgress:
     steps_per_epoch: the bar's length.
     num_epochs: for the bar's label ('epoch 3/10').
     enabled: False draws nothing (other processes, ``progress_bar=False``).
+      True draws on a terminal only: with stderr redirected to a file, the
+      bar's carriage returns would bury the log lines (tqdm's
+      ``disable=None``).
   """
 
   def __init__(self, steps_per_epoch: int, num_epochs: int, enabled: bool):
@@ -30,7 +33,8 @@ class EpochProgress:
           initial=(step - 1) % self.steps_per_epoch,
           desc=f"epoch {(step - 1) // self.steps_per_epoch + 1}/"
                f"{self.num_epochs}",
-          unit="step", leave=False, disable=not self.enabled)
+          unit="step", leave=False,
+          disable=None if self.enabled else True)
 
   def update(self) -> None:
     self._bar.update(1)
