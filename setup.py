@@ -142,7 +142,8 @@ setup(
             "etils[epath]>=1.5",
             "google-cloud-storage>=2.14",
         ],
-        # The CPU build that installs offline; a range would pull a CUDA build.
+        # Pinned: the version whose CPU build (+cpu, PyTorch's CPU index) our
+        # offline machines hold; PyPI's Linux wheel of it is the CUDA build.
         "torch": ["torch==2.13.0"],
         "notebooks": [
             "jupyter>=1.0",
