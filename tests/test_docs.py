@@ -67,6 +67,9 @@ def test_readme_code_runs(tmp_path, monkeypatch):
   before = ns["variables"]["params"]["layer1_0"]["conv1"]["latent_kernel"]
   after = ns["params"]["layer1_0"]["conv1"]["latent_kernel"]
   assert not np.array_equal(before, after)
+  # The printed value, as its comment says.
+  assert float(ns["ovsw_jax"].sad_diagnostics(ns["opt_state"])[
+      "silent_fraction"]) == 1.0
 
 
 def test_api_tour_runs_as_written(tmp_path, monkeypatch):
