@@ -324,6 +324,7 @@ def test_quickstart_killed_between_evals_resumes_bitwise(tmp_path,
                          check=False)
   assert again.returncode == 0, again.stderr[-4000:]
   assert "is finished" in again.stderr
+  assert "Resuming" not in again.stderr  # nothing is resumed
   assert json.loads(again.stdout.split("RESULT ", 1)[1])["finished"]
   assert metrics_io.read_metrics(str(workdir)) == records
   # 4. A changed learning rate: one line, exit 1.

@@ -161,6 +161,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       finished = _finished_run(workdir, step, experiment.total_steps)
       if finished is not None:
         return finished
+      logging.info("The checkpoint at step %d is the run's last and has no "
+                   "eval record: evaluating it.", step)
     state = state.replace(teacher=distill.load_teacher(
         config, experiment.info.num_classes, mesh))
     if is_chief:
@@ -285,8 +287,9 @@ def _initial_state(config, experiment, manager, mesh, workdir, changed=None
                                          experiment.tx, mesh)
     return state, 0
   items, meta, step = restored
-  logging.info("Resuming from the checkpoint at step %d (data position %d).",
-               step, meta["data_step"])
+  if step < experiment.total_steps:  # a finished run says so instead
+    logging.info("Resuming from the checkpoint at step %d (data position "
+                 "%d).", step, meta["data_step"])
   data_change = dataset_digest.change_since(meta, experiment.info)
   if data_change:
     logging.warning("%s.", data_change)
