@@ -11,6 +11,15 @@ Multi-host: run one process per host with --coordinator_address,
 JAX_NUM_PROCESSES, JAX_PROCESS_ID environment variables), or
 --distributed_auto on a managed cluster (TPU pod, SLURM, ...).
 
+Models (--config.model; docs/models.md):
+  binary        cresnet20_1w1a, cresnet18_1w1a, vggsmall_1w1a,
+                resnet18_1w1a, resnet34_1w1a, reactnet_a, reactnet_a_cifar,
+                react_resnet18, react_resnet34, react_resnet18_cifar
+  real-valued   resnet18, resnet34, resnet18_cifar, resnet34_cifar
+Methods (--config.method, parts joined by '+', e.g. ovsw+adam;
+docs/training.md): adabin, adam, ags, bop, irnet, lars, ovsw (= ags+sad),
+rbnn, recu, sad, sgd, vanilla
+
 Datasets (--config.dataset) and their options
 (--config.dataset_options.KEY=VALUE; docs/imagefolder.md, ovsw_jax.data):
   cifar10, cifar100   download, downloader, augment, num_train, num_eval

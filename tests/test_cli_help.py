@@ -59,3 +59,24 @@ def test_benchmark_help(name, capsys, monkeypatch):
     module.main(["--help"]) if takes_argv else module.main()
   assert done.value.code == 0
   assert "--" in capsys.readouterr().out
+
+
+def test_train_help_names_every_model_and_method():
+  # train.py's docstring (its --help) lists them without importing JAX, so
+  # it is written out by hand: it must follow the registries.
+  import re  # pylint: disable=g-import-not-at-top
+  import train  # pylint: disable=g-import-not-at-top
+  from ovsw_jax import models  # pylint: disable=g-import-not-at-top
+  from ovsw_jax.training import methods  # pylint: disable=g-import-not-at-top
+  doc = train.__doc__
+  section = doc.split("Models (", 1)[1].split("Methods (", 1)[0]
+  binary, real = section.split("real-valued", 1)
+  names = lambda text: set(re.findall(r"\b[a-z][a-z0-9_]*_[a-z0-9_]+\b|"
+                                      r"\bresnet\d+\b|\breactnet_a\b",
+                                      text)) - {"docs", "models"}
+  assert names(real) == set(models.REAL_VALUED)
+  assert names(binary) == set(models.list_models()) - set(models.REAL_VALUED)
+  listed = doc.split("Methods (", 1)[1].split("Datasets (", 1)[0]
+  listed = listed.split("docs/training.md):", 1)[1]
+  assert set(re.findall(r"\b[a-z]+\b", listed)) == set(
+      methods.registered_parts())

@@ -137,6 +137,11 @@ def register_method(name: str, stage: str,
                                    binary_only)
 
 
+def registered_parts() -> list[str]:
+  """Every part name ``config.method`` can use, aliases too, sorted."""
+  return sorted(_METHOD_PARTS)
+
+
 def method_parts(method: str) -> list[str]:
   """The registered, non-alias parts of ``method``, in order.
 
@@ -152,7 +157,7 @@ def method_parts(method: str) -> list[str]:
     if name not in _METHOD_PARTS:
       raise ValueError(
           f"unknown method part {name!r} in config.method={method!r}; known "
-          f"parts: {sorted(_METHOD_PARTS)} (join several with '+')")
+          f"parts: {registered_parts()} (join several with '+')")
     part = _METHOD_PARTS[name]
     if part.stage == "alias":
       for sub in part.expands_to:
