@@ -161,8 +161,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       finished = _finished_run(workdir, step, experiment.total_steps)
       if finished is not None:
         return finished
-      logging.info("The checkpoint at step %d is the run's last and has no "
-                   "eval record: evaluating it.", step)
     state = state.replace(teacher=distill.load_teacher(
         config, experiment.info.num_classes, mesh))
     if is_chief:
@@ -237,9 +235,11 @@ def _finished_run(workdir: str, step: int, total: int
   try:
     records = metrics_io.read_metrics(workdir)
   except FileNotFoundError:
-    return None
+    records = []
   evals = [r for r in records if r["step"] == step and "eval_top1" in r]
   if not evals:
+    logging.info("The checkpoint at step %d is the run's last and has no "
+                 "eval record: evaluating it.", step)
     return None
   last = evals[-1]
   logging.info(
