@@ -1,25 +1,21 @@
 """The method registry: what each ``config.method`` part changes.
 
-``config.method`` is '+'-joined registered parts ('vanilla', 'ags', 'sad',
-'ovsw' = 'ags+sad', 'lars', 'bop', 'recu', e.g. 'recu+ovsw'). A part is one of
-
-* 'gradient': transformations of the gradient, applied in the method's
-  order before weight decay (AGS, SAD, LARS's trust ratio);
-* 'optimizer': replaces the default weight decay + SGD momentum (Bop);
-* 'model': changes the network and its non-trainable state (ReCU's convs
-  and tau schedule);
-* 'alias': stands for other parts ('ovsw').
+``config.method`` is '+'-joined registered parts (`registered_parts`; e.g.
+'ovsw' = 'ags+sad', 'recu+ovsw', 'ovsw+adam'). A part has a stage
+(`MethodPart`): 'gradient' (AGS, SAD, LARS's trust ratio, before weight
+decay), 'optimizer' (replaces weight decay + SGD momentum: Bop, Adam),
+'model' (the network and its non-trainable state: ReCU) or 'alias' ('ovsw').
 
 A new method registers its parts with `register_method`; nothing else in
-the trainer changes (RBNN's and AdaBin's are in `peer_methods`).
+the trainer changes (IR-Net's, RBNN's and AdaBin's are in `peer_methods`).
 
 'vanilla' adds no part: the default optimizer, weight decay + SGD momentum.
 For a binary model that is BNN training without OvSW; for a real-valued
 model (`ovsw_jax.models.REAL_VALUED`) it is ordinary SGD training, as 'sgd'.
 Parts registered ``binary_only`` (all but 'sgd' and 'adam') are refused with
 a real-valued model (`experiment.validate_config`), not silently idle.
-`create_optimizer`, `create_model` and `create_model_state_fn` build a run's optimizer chain, network and
-model-state schedule from the registry.
+`create_optimizer`, `create_model` and `create_model_state_fn` build a run's
+optimizer chain, network and model-state schedule from the registry.
 """
 
 from __future__ import annotations
