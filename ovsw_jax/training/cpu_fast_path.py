@@ -57,14 +57,10 @@ CPU_COMPILER_OPTIONS: dict[str, Any] = {
 INIT_COMPILER_OPTIONS: dict[str, Any] = {"xla_backend_optimization_level": 1}
 
 
-def _supported(options: Mapping[str, Any]) -> bool:
-  """Whether this jaxlib's XLA:CPU accepts ``options`` (asked once each)."""
-  return _options_supported(tuple(sorted(options.items())))
-
-
 @functools.lru_cache(maxsize=None)
 def _options_supported(items: tuple[tuple[str, Any], ...]) -> bool:
-  """`_supported`'s cached probe: compiles a tiny function with the options.
+  """Whether this jaxlib's XLA:CPU accepts the options (asked once each):
+  compiles a tiny function with them.
 
   The step options are experimental XLA flags; a jaxlib that renamed or
   dropped one rejects the compile, and the programs then compile with
@@ -103,11 +99,7 @@ def compiler_options(mesh: Mesh, cpu_fast_path: bool = True
     `CPU_COMPILER_OPTIONS` on a CPU mesh whose jaxlib accepts them, else None
     (XLA's defaults; always on GPU and TPU).
   """
-  platform = mesh.devices.flat[0].platform
-  if (uses_cpu_fast_path(platform, cpu_fast_path)
-      and _supported(CPU_COMPILER_OPTIONS)):
-    return dict(CPU_COMPILER_OPTIONS)
-  return None
+  return _options_for(mesh, cpu_fast_path, CPU_COMPILER_OPTIONS)
 
 
 def init_compiler_options(mesh: Mesh, cpu_fast_path: bool = True
@@ -123,10 +115,17 @@ def init_compiler_options(mesh: Mesh, cpu_fast_path: bool = True
     `INIT_COMPILER_OPTIONS` on a CPU mesh whose jaxlib accepts them, else
     None (XLA's defaults; always on GPU and TPU).
   """
+  return _options_for(mesh, cpu_fast_path, INIT_COMPILER_OPTIONS)
+
+
+def _options_for(mesh: Mesh, cpu_fast_path: bool, options: Mapping[str, Any]
+                 ) -> Optional[dict[str, Any]]:
+  """A copy of ``options`` on a CPU mesh on the fast path whose jaxlib
+  accepts them, else None (XLA's defaults)."""
   platform = mesh.devices.flat[0].platform
   if (uses_cpu_fast_path(platform, cpu_fast_path)
-      and _supported(INIT_COMPILER_OPTIONS)):
-    return dict(INIT_COMPILER_OPTIONS)
+      and _options_supported(tuple(sorted(options.items())))):
+    return dict(options)
   return None
 
 
